@@ -1,0 +1,742 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Transport tests on real verbs (run under scripts/with-rxe).  Primary and
+ * secondary are separate processes: the secondary is forked, listens on
+ * port 0 and tells the primary its port through a pipe.
+ *
+ *   test-transport replicate      checkpoints with every dirty pattern,
+ *                                 verified byte for byte after each fence
+ *   test-transport wrong-token    refused before any rkey leaves
+ *   test-transport wrong-version  refused before any rkey leaves
+ *   test-transport oob-descriptor a hostile descriptor fails both sides
+ *   test-transport kill-secondary the primary errors out, no hang
+ *   test-transport kill-primary   the secondary errors out, no hang
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rdma-colo.h"
+
+#define MAIN_ID     1
+#define MAIN_LEN    (256ull << 20)
+#define HUGE_ID     2
+#define HUGE_PAGE   (2u << 20)
+#define HUGE_LEN    (32ull << 20)
+#define PAGE        4096u
+#define CHANNELS    4
+#define CHECKPOINTS 60
+#define BATCH       128
+#define TIMEOUT_MS  20000
+
+static const char *test_name = "?";
+static const char *side = "primary";
+
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "test-transport %s (%s): FAIL at %s:%d: ", test_name,  \
+                side, __FILE__, __LINE__);                                     \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fprintf(stderr, "\n");                                                 \
+        exit(1);                                                               \
+    } while (0)
+
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            FAIL(__VA_ARGS__);                                                 \
+        }                                                                      \
+    } while (0)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *map_region(uint64_t len)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    CHECK(p != MAP_FAILED, "mmap %" PRIu64 ": %s", len, strerror(errno));
+    return p;
+}
+
+/* 64-bit FNV-style hash over words: fast enough under TCG for 256 MiB. */
+static uint64_t hash_mem(const void *p, uint64_t len)
+{
+    const uint64_t *w = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (uint64_t i = 0; i < len / 8; i++) {
+        h = (h ^ w[i]) * 0x100000001b3ull;
+    }
+    return h;
+}
+
+static uint64_t xorshift(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
+static void fill_page(uint8_t *p, uint32_t size, uint64_t seed)
+{
+    uint64_t s = seed | 1;
+    for (uint32_t i = 0; i < size; i += 8) {
+        uint64_t v = xorshift(&s);
+        memcpy(p + i, &v, 8);
+    }
+}
+
+static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
+{
+    char text[512];
+    struct rcolo_error err = {0};
+    const char *addr = getenv("RDMA_COLO_TEST_ADDR");
+
+    CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
+    snprintf(text, sizeof(text), "rdma-colo:%s:%s?channels=%d&depth=32%s%s",
+             addr, port, CHANNELS, token ? "&token=" : "", token ? token : "");
+    CHECK(rcolo_uri_parse(text, uri, &err) == 0, "%s", err.message);
+}
+
+/* ------------------------------------------------------------ secondary */
+
+struct secondary {
+    struct rcolo_session *s;
+    uint8_t *cache[3], *guest[3];
+    uint64_t len[3];
+    uint32_t page[3];
+    _Atomic uint64_t *bitmap[3];
+    atomic_int errors;
+    char last_error[256];
+};
+
+struct rx_thread {
+    struct secondary *sec;
+    struct rcolo_channel *ch;
+    pthread_t tid;
+    int result; /* the error that ended the loop */
+};
+
+static void mark(struct secondary *sec, uint32_t region, uint64_t off)
+{
+    uint64_t page = off / sec->page[region];
+    atomic_fetch_or(&sec->bitmap[region][page / 64], 1ull << (page % 64));
+}
+
+static void *rx_loop(void *opaque)
+{
+    struct rx_thread *t = opaque;
+    struct rcolo_desc d;
+
+    for (;;) {
+        int ret = rcolo_channel_recv(t->ch, &d, -1);
+        if (ret) {
+            t->result = ret;
+            return NULL;
+        }
+        if (d.kind == RCOLO_DESC_PAGES) {
+            for (unsigned i = 0; i < d.n; i++) {
+                mark(t->sec, d.region_id, d.offsets[i]);
+            }
+            for (unsigned i = 0; i < d.nzero; i++) {
+                mark(t->sec, d.region_id, d.zero[i]);
+            }
+        }
+        ret = rcolo_channel_release(t->ch, &d);
+        if (ret) {
+            t->result = ret;
+            return NULL;
+        }
+    }
+}
+
+/* COLO's flush: copy marked pages from the cache into the guest copy. */
+static uint64_t flush(struct secondary *sec, uint32_t region)
+{
+    uint64_t pages = sec->len[region] / sec->page[region], copied = 0;
+
+    for (uint64_t w = 0; w < (pages + 63) / 64; w++) {
+        uint64_t bits = atomic_exchange(&sec->bitmap[region][w], 0);
+        while (bits) {
+            uint64_t p = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            memcpy(sec->guest[region] + p * sec->page[region],
+                   sec->cache[region] + p * sec->page[region],
+                   sec->page[region]);
+            copied++;
+        }
+    }
+    return copied;
+}
+
+static void stream_read_all(struct rcolo_session *s, void *buf, size_t len)
+{
+    uint8_t *p = buf;
+    while (len) {
+        ssize_t n = rcolo_stream_read(s, p, len, false);
+        CHECK(n > 0, "stream read: %zd (%s)", n, rcolo_session_error(s));
+        p += n;
+        len -= (size_t)n;
+    }
+}
+
+static void stream_write_all(struct rcolo_session *s, const void *buf,
+                             size_t len)
+{
+    ssize_t n = rcolo_stream_write(s, buf, len, false);
+    CHECK(n == (ssize_t)len, "stream write: %zd (%s)", n,
+          rcolo_session_error(s));
+}
+
+struct ckpt_msg {
+    uint32_t kind; /* 1 checkpoint, 2 done */
+    uint32_t index;
+    uint64_t hash[3];
+};
+
+struct ckpt_reply {
+    uint32_t index;
+    uint32_t ok;
+    uint64_t copied;
+};
+
+static int run_secondary(int port_fd, const char *token, bool expect_refusal)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct secondary sec = {0};
+    struct rx_thread rx[CHANNELS];
+
+    side = "secondary";
+    uri_for(&uri, "0", token);
+    CHECK(rcolo_listen(&uri, &sec.s, &err) == 0, "listen: %s", err.message);
+
+    sec.len[MAIN_ID] = MAIN_LEN;
+    sec.page[MAIN_ID] = PAGE;
+    sec.len[HUGE_ID] = HUGE_LEN;
+    sec.page[HUGE_ID] = HUGE_PAGE;
+    for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+        sec.cache[r] = map_region(sec.len[r]);
+        sec.guest[r] = map_region(sec.len[r]);
+        sec.bitmap[r] = calloc((sec.len[r] / sec.page[r] + 63) / 64, 8);
+    }
+    CHECK(rcolo_region_add(sec.s, MAIN_ID, "pc.ram", sec.cache[MAIN_ID],
+                           MAIN_LEN, PAGE, &err) == 0,
+          "region: %s", err.message);
+    CHECK(rcolo_region_add(sec.s, HUGE_ID, "huge.ram", sec.cache[HUGE_ID],
+                           HUGE_LEN, HUGE_PAGE, &err) == 0,
+          "region: %s", err.message);
+
+    uint16_t port = (uint16_t)rcolo_session_port(sec.s);
+    CHECK(write(port_fd, &port, sizeof(port)) == sizeof(port), "pipe");
+    close(port_fd);
+
+    if (expect_refusal) {
+        /* The primary is refused; no control connection may come up. */
+        int ret = rcolo_accept(sec.s, 3000, &err);
+        CHECK(ret == -ETIMEDOUT, "refused primary got accepted: %d", ret);
+        rcolo_session_destroy(sec.s);
+        return 0;
+    }
+
+    CHECK(rcolo_accept(sec.s, TIMEOUT_MS, &err) == 0, "accept: %s",
+          err.message);
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        rx[i].sec = &sec;
+        CHECK(rcolo_channel_accept(sec.s, i, TIMEOUT_MS, &rx[i].ch, &err) == 0,
+              "channel %u: %s", i, err.message);
+        pthread_create(&rx[i].tid, NULL, rx_loop, &rx[i]);
+    }
+
+    int result = 0;
+    for (;;) {
+        struct ckpt_msg m;
+        ssize_t n = rcolo_stream_read(sec.s, &m, sizeof(m), false);
+        if (n <= 0) {
+            /* oob-descriptor: the session failed under us. */
+            result = (int)(n == 0 ? -EPIPE : n);
+            break;
+        }
+        if (n < (ssize_t)sizeof(m)) {
+            stream_read_all(sec.s, (uint8_t *)&m + n, sizeof(m) - (size_t)n);
+        }
+        if (m.kind == 2) {
+            break;
+        }
+        struct ckpt_reply rep = {.index = m.index, .ok = 1};
+        for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+            rep.copied += flush(&sec, (uint32_t)r);
+            if (hash_mem(sec.guest[r], sec.len[r]) != m.hash[r]) {
+                rep.ok = 0;
+            }
+        }
+        stream_write_all(sec.s, &rep, sizeof(rep));
+    }
+    if (result == 0) {
+        /* The end of the stream must follow "done". */
+        char c;
+        CHECK(rcolo_stream_read(sec.s, &c, 1, false) == 0,
+              "expected end of stream");
+    }
+    rcolo_session_shutdown(sec.s);
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        pthread_join(rx[i].tid, NULL);
+    }
+    if (result) {
+        /* Print what ended it: the oob test greps for this. */
+        printf("secondary: session failed: %s\n", rcolo_session_error(sec.s));
+        fflush(stdout);
+        for (unsigned i = 0; i < CHANNELS; i++) {
+            if (rx[i].result == -EPROTO) {
+                result = -EPROTO;
+            }
+        }
+    }
+    rcolo_session_destroy(sec.s);
+    return result == -EPROTO ? 42 : (result ? 1 : 0);
+}
+
+static pid_t fork_secondary(char *port, size_t size, const char *token,
+                            bool expect_refusal)
+{
+    int fds[2];
+    CHECK(pipe(fds) == 0, "pipe");
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) {
+        close(fds[0]);
+        alarm(300);
+        _exit(run_secondary(fds[1], token, expect_refusal));
+    }
+    close(fds[1]);
+    uint16_t p;
+    CHECK(read(fds[0], &p, sizeof(p)) == sizeof(p), "secondary did not start");
+    close(fds[0]);
+    snprintf(port, size, "%u", p);
+    return pid;
+}
+
+static int wait_child(pid_t pid)
+{
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid, "waitpid");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* -------------------------------------------------------------- primary */
+
+struct primary {
+    struct rcolo_session *s;
+    struct rcolo_channel *ch[CHANNELS];
+    uint8_t *mem[3];
+    uint64_t len[3];
+    uint32_t page[3];
+    uint64_t rr;
+};
+
+static struct primary *connect_primary(const char *port, const char *token)
+{
+    struct primary *p = calloc(1, sizeof(*p));
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+
+    uri_for(&uri, port, token);
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &p->s, &err) == 0, "connect: %s",
+          err.message);
+    p->len[MAIN_ID] = MAIN_LEN;
+    p->page[MAIN_ID] = PAGE;
+    p->len[HUGE_ID] = HUGE_LEN;
+    p->page[HUGE_ID] = HUGE_PAGE;
+    for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+        p->mem[r] = map_region(p->len[r]);
+    }
+    CHECK(rcolo_region_add(p->s, MAIN_ID, "pc.ram", p->mem[MAIN_ID], MAIN_LEN,
+                           PAGE, &err) == 0,
+          "region: %s", err.message);
+    CHECK(rcolo_region_add(p->s, HUGE_ID, "huge.ram", p->mem[HUGE_ID], HUGE_LEN,
+                           HUGE_PAGE, &err) == 0,
+          "region: %s", err.message);
+    /* Channels connect in reverse order: any order must work. */
+    for (int i = CHANNELS - 1; i >= 0; i--) {
+        CHECK(rcolo_channel_connect(p->s, (unsigned)i, TIMEOUT_MS, &p->ch[i],
+                                    &err) == 0,
+              "channel %d: %s", i, err.message);
+    }
+    return p;
+}
+
+/* Send dirty pages of one region in batches, round-robin over channels. */
+static void send_pages(struct primary *p, uint32_t region, uint64_t *offs,
+                       unsigned n, uint64_t *zero, unsigned nzero)
+{
+    while (n || nzero) {
+        unsigned bn = n < BATCH ? n : BATCH;
+        unsigned bz = nzero < BATCH - bn ? nzero : BATCH - bn;
+        struct rcolo_channel *ch = p->ch[p->rr++ % CHANNELS];
+        int ret = rcolo_write_pages(ch, region, offs, bn, zero, bz);
+        CHECK(ret == 0, "write_pages: %d (%s)", ret, rcolo_session_error(p->s));
+        offs += bn;
+        n -= bn;
+        zero += bz;
+        nzero -= bz;
+    }
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Dirty pages with pattern @k % 6; returns pages dirtied. */
+static unsigned dirty(struct primary *p, unsigned k, uint64_t *rng)
+{
+    static uint64_t offs[40000], zero[8000];
+    unsigned n = 0, nz = 0, pattern = k % 6;
+    uint64_t pages = MAIN_LEN / PAGE;
+
+    switch (pattern) {
+    case 0: /* uniform random 4 KiB pages */
+        for (unsigned i = 0; i < 3000; i++) {
+            offs[n++] = (xorshift(rng) % pages) * PAGE;
+        }
+        break;
+    case 1: /* contiguous runs */
+        for (unsigned r = 0; r < 24; r++) {
+            uint64_t start = xorshift(rng) % (pages - 512);
+            unsigned len = 1 + (unsigned)(xorshift(rng) % 512);
+            for (unsigned i = 0; i < len; i++) {
+                offs[n++] = (start + i) * PAGE;
+            }
+        }
+        break;
+    case 2: /* zero pages among normal pages */
+        for (unsigned i = 0; i < 2000; i++) {
+            offs[n++] = (xorshift(rng) % pages) * PAGE;
+        }
+        for (unsigned i = 0; i < 1500; i++) {
+            zero[nz++] = (xorshift(rng) % pages) * PAGE;
+        }
+        break;
+    case 3: /* empty checkpoint */
+        break;
+    case 4: { /* 2 MiB pages of the huge region */
+        uint64_t hp = HUGE_LEN / HUGE_PAGE;
+        for (unsigned i = 0; i < 5; i++) {
+            offs[n++] = (xorshift(rng) % hp) * HUGE_PAGE;
+        }
+        break;
+    }
+    case 5: /* hot set: the same few thousand pages again and again */
+        for (unsigned i = 0; i < 4000; i++) {
+            offs[n++] = (xorshift(rng) % 2048) * PAGE;
+        }
+        break;
+    }
+
+    uint32_t region = pattern == 4 ? HUGE_ID : MAIN_ID;
+    uint32_t psize = p->page[region];
+    /* Dedupe (a page is sent once per checkpoint, as QEMU's bitmap does)
+     * and keep normal and zero sets disjoint. */
+    qsort(offs, n, 8, cmp_u64);
+    unsigned u = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (u == 0 || offs[i] != offs[u - 1]) {
+            offs[u++] = offs[i];
+        }
+    }
+    n = u;
+    qsort(zero, nz, 8, cmp_u64);
+    u = 0;
+    for (unsigned i = 0; i < nz; i++) {
+        if ((u == 0 || zero[i] != zero[u - 1]) &&
+            !bsearch(&zero[i], offs, n, 8, cmp_u64)) {
+            zero[u++] = zero[i];
+        }
+    }
+    nz = u;
+    for (unsigned i = 0; i < n; i++) {
+        fill_page(p->mem[region] + offs[i], psize,
+                  ((uint64_t)k << 40) ^ offs[i] ^ xorshift(rng));
+    }
+    for (unsigned i = 0; i < nz; i++) {
+        memset(p->mem[region] + zero[i], 0, psize);
+    }
+    send_pages(p, region, offs, n, zero, nz);
+    return n + nz;
+}
+
+static void primary_close(struct primary *p)
+{
+    for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+        munmap(p->mem[r], p->len[r]);
+    }
+    rcolo_session_destroy(p->s);
+    free(p);
+}
+
+static int test_replicate(void)
+{
+    char port[8];
+    pid_t child = fork_secondary(port, sizeof(port), "s3cret", false);
+    struct primary *p = connect_primary(port, "s3cret");
+    uint64_t rng = 0x1234567;
+    uint64_t total_pages = 0;
+    double t0 = now_s();
+
+    /* Start from the same (non-zero) memory on both sides: a first full
+     * copy, like COLO's initial migration. */
+    for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+        for (uint64_t off = 0; off < p->len[r]; off += p->page[r]) {
+            fill_page(p->mem[r] + off, p->page[r], off * 7 + (uint64_t)r);
+        }
+        static uint64_t offs[BATCH];
+        for (uint64_t off = 0; off < p->len[r];) {
+            unsigned n = 0;
+            while (n < BATCH && off < p->len[r]) {
+                offs[n++] = off;
+                off += p->page[r];
+            }
+            send_pages(p, (uint32_t)r, offs, n, NULL, 0);
+        }
+    }
+
+    for (unsigned k = 0; k <= CHECKPOINTS; k++) {
+        if (k > 0) {
+            total_pages += dirty(p, k, &rng);
+        }
+        int ret = rcolo_fence(p->s, TIMEOUT_MS);
+        CHECK(ret == 0, "fence %u: %d (%s)", k, ret, rcolo_session_error(p->s));
+        struct ckpt_msg m = {.kind = 1, .index = k};
+        for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+            m.hash[r] = hash_mem(p->mem[r], p->len[r]);
+        }
+        stream_write_all(p->s, &m, sizeof(m));
+        struct ckpt_reply rep;
+        stream_read_all(p->s, &rep, sizeof(rep));
+        CHECK(rep.index == k, "reply for %u, expected %u", rep.index, k);
+        CHECK(rep.ok,
+              "checkpoint %u (pattern %u): secondary's guest copy "
+              "differs from the primary's memory",
+              k, k % 6);
+    }
+    struct ckpt_msg done = {.kind = 2};
+    stream_write_all(p->s, &done, sizeof(done));
+    CHECK(rcolo_stream_close(p->s) == 0, "stream close");
+
+    struct rcolo_session_stats st;
+    rcolo_session_get_stats(p->s, &st);
+    int rc = wait_child(child);
+    CHECK(rc == 0, "secondary exited %d", rc);
+    printf("test-transport replicate: device %s: %u checkpoints over %d "
+           "channels (random, runs, zero, empty, 2 MiB, hot-set pages): "
+           "%" PRIu64 " pages dirtied, %" PRIu64 " bytes RDMA-written in "
+           "%" PRIu64 " WRs, %" PRIu64 " descriptors, %" PRIu64 " fences "
+           "(mean %.1f us); secondary's guest copy verified equal (hash of "
+           "256 MiB + 32 MiB) after every checkpoint; %.1f s\n",
+           getenv("RDMA_COLO_TEST_DEV"), CHECKPOINTS, CHANNELS, total_pages,
+           st.total.bytes, st.total.write_wrs, st.total.descriptors, st.fences,
+           st.fences ? st.fence_ns_total / 1e3 / st.fences : 0.0, now_s() - t0);
+    primary_close(p);
+    return 0;
+}
+
+static int test_refused(bool bad_version)
+{
+    char port[8];
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = NULL;
+
+    pid_t child = fork_secondary(port, sizeof(port), "right", true);
+    if (bad_version) {
+        rcolo_test_set_hook(RCOLO_TEST_BAD_VERSION);
+    }
+    uri_for(&uri, port, bad_version ? "right" : "wrong");
+    int ret = rcolo_connect(&uri, TIMEOUT_MS, &s, &err);
+    CHECK(ret == -ECONNREFUSED, "connect returned %d (%s)", ret, err.message);
+    CHECK(s == NULL, "session returned on failure");
+    const char *want = bad_version ? "version" : "token";
+    CHECK(strstr(err.message, want), "error does not name the %s: %s", want,
+          err.message);
+    int rc = wait_child(child);
+    CHECK(rc == 0, "secondary saw a connection: exit %d", rc);
+    printf("test-transport %s: refused with \"%s\"; the secondary never "
+           "accepted a control connection, so no rkey left it\n",
+           test_name, err.message);
+    return 0;
+}
+
+static int test_oob_descriptor(void)
+{
+    char port[8];
+    pid_t child = fork_secondary(port, sizeof(port), NULL, false);
+    struct primary *p = connect_primary(port, NULL);
+    uint64_t off = 0;
+
+    rcolo_test_set_hook(RCOLO_TEST_DESC_OUT_OF_BOUNDS);
+    int ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
+    CHECK(ret == 0, "posting the hostile descriptor: %d", ret);
+    double t0 = now_s();
+    ret = rcolo_fence(p->s, 10000);
+    double dt = now_s() - t0;
+    CHECK(ret != 0 && ret != -ETIMEDOUT,
+          "fence after a hostile descriptor returned %d", ret);
+    int rc = wait_child(child);
+    CHECK(rc == 42, "secondary did not reject the descriptor (exit %d)", rc);
+    printf("test-transport oob-descriptor: secondary rejected a descriptor "
+           "pointing one page past its 256 MiB region (-EPROTO) and ended "
+           "the session; the primary's fence failed after %.2f s with: %s\n",
+           dt, rcolo_session_error(p->s));
+    primary_close(p);
+    return 0;
+}
+
+static int test_kill_secondary(void)
+{
+    char port[8];
+    pid_t child = fork_secondary(port, sizeof(port), NULL, false);
+    struct primary *p = connect_primary(port, NULL);
+    uint64_t rng = 99, offs[BATCH];
+    double t_kill = 0;
+    int ret = 0;
+
+    for (unsigned iter = 0; iter < 100000 && ret == 0; iter++) {
+        if (iter == 200) {
+            kill(child, SIGKILL); /* mid-checkpoint */
+            t_kill = now_s();
+        }
+        for (unsigned i = 0; i < BATCH; i++) {
+            offs[i] = (xorshift(&rng) % (MAIN_LEN / PAGE)) * PAGE;
+        }
+        qsort(offs, BATCH, 8, cmp_u64);
+        ret = rcolo_write_pages(p->ch[iter % CHANNELS], MAIN_ID, offs, 1, NULL,
+                                0);
+        if (ret == 0 && iter % 50 == 49) {
+            ret = rcolo_fence(p->s, 30000);
+        }
+        if (t_kill && now_s() - t_kill > 30) {
+            FAIL("no error 30 s after the secondary was killed");
+        }
+    }
+    CHECK(ret != 0 && ret != -ETIMEDOUT, "primary returned %d", ret);
+    wait_child(child);
+    printf("test-transport kill-secondary: secondary SIGKILLed mid-checkpoint;"
+           " the primary failed after %.2f s with %d: %s\n",
+           now_s() - t_kill, ret, rcolo_session_error(p->s));
+    primary_close(p);
+    return 0;
+}
+
+static int test_kill_primary(void)
+{
+    /* The child is the primary; the parent observes the secondary.  Fork
+     * before any verbs use, and hand the port over a pipe. */
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    char port[8];
+    int fds[2];
+
+    CHECK(pipe(fds) == 0, "pipe");
+    pid_t child = fork();
+    CHECK(child >= 0, "fork");
+    if (child == 0) {
+        struct rcolo_session *ps;
+        struct rcolo_channel *ch;
+        uint16_t p16;
+        side = "primary";
+        close(fds[1]);
+        CHECK(read(fds[0], &p16, sizeof(p16)) == sizeof(p16), "no port");
+        snprintf(port, sizeof(port), "%u", p16);
+        uint8_t *mem = map_region(MAIN_LEN);
+        uri_for(&uri, port, NULL);
+        CHECK(rcolo_connect(&uri, TIMEOUT_MS, &ps, &err) == 0, "connect: %s",
+              err.message);
+        CHECK(rcolo_region_add(ps, MAIN_ID, "pc.ram", mem, MAIN_LEN, PAGE,
+                               &err) == 0,
+              "region: %s", err.message);
+        CHECK(rcolo_channel_connect(ps, 0, TIMEOUT_MS, &ch, &err) == 0,
+              "channel: %s", err.message);
+        for (uint64_t i = 0;; i++) {
+            uint64_t off = (i % (MAIN_LEN / PAGE)) * PAGE;
+            if (rcolo_write_pages(ch, MAIN_ID, &off, 1, NULL, 0)) {
+                _exit(1);
+            }
+        }
+    }
+    close(fds[0]);
+    side = "secondary";
+    struct rcolo_session *s;
+    uri_for(&uri, "0", NULL);
+    CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
+    uint8_t *cache = map_region(MAIN_LEN);
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, MAIN_LEN, PAGE, &err) ==
+              0,
+          "region: %s", err.message);
+    uint16_t p16 = (uint16_t)rcolo_session_port(s);
+    CHECK(write(fds[1], &p16, sizeof(p16)) == sizeof(p16), "pipe");
+    close(fds[1]);
+
+    struct rcolo_channel *ch;
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &ch, &err) == 0, "channel: %s",
+          err.message);
+    struct rcolo_desc d;
+    int ret;
+    unsigned got = 0;
+    double t_kill = 0;
+    while ((ret = rcolo_channel_recv(ch, &d, 30000)) == 0) {
+        rcolo_channel_release(ch, &d);
+        if (++got == 500) {
+            kill(child, SIGKILL);
+            t_kill = now_s();
+        }
+    }
+    CHECK(t_kill > 0, "recv failed before the kill: %d (%s)", ret,
+          rcolo_session_error(s));
+    CHECK(ret != -ETIMEDOUT, "secondary only timed out: no error seen");
+    wait_child(child);
+    printf("test-transport kill-primary: primary SIGKILLed after %u "
+           "descriptors; the secondary's recv failed after %.2f s with %d: "
+           "%s\n",
+           got, now_s() - t_kill, ret, rcolo_session_error(s));
+    rcolo_session_destroy(s);
+    munmap(cache, MAIN_LEN);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    CHECK(argc == 2, "usage: test-transport TEST");
+    test_name = argv[1];
+    alarm(600);
+    if (!strcmp(test_name, "replicate")) {
+        return test_replicate();
+    } else if (!strcmp(test_name, "wrong-token")) {
+        return test_refused(false);
+    } else if (!strcmp(test_name, "wrong-version")) {
+        return test_refused(true);
+    } else if (!strcmp(test_name, "oob-descriptor")) {
+        return test_oob_descriptor();
+    } else if (!strcmp(test_name, "kill-secondary")) {
+        return test_kill_secondary();
+    } else if (!strcmp(test_name, "kill-primary")) {
+        return test_kill_primary();
+    }
+    FAIL("unknown test %s", test_name);
+}

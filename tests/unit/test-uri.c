@@ -1,0 +1,150 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * URI parsing: every accepted form yields the right fields; every bad form
+ * is refused with a message that names the problem.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "rdma-colo.h"
+
+static void good(const char *text, const char *host, const char *port,
+                 unsigned channels, unsigned depth, const char *token)
+{
+    struct rcolo_uri u;
+    struct rcolo_error err = {0};
+
+    assert_int_equal(rcolo_uri_parse(text, &u, &err), 0);
+    assert_string_equal(u.host, host);
+    assert_string_equal(u.port, port);
+    assert_int_equal(u.channels, channels);
+    assert_int_equal(u.depth, depth);
+    assert_string_equal(u.token, token);
+}
+
+static void bad(const char *text, const char *needle)
+{
+    struct rcolo_uri u;
+    struct rcolo_error err = {0};
+
+    assert_int_equal(rcolo_uri_parse(text, &u, &err), -EINVAL);
+    assert_int_equal(err.code, -EINVAL);
+    if (!strstr(err.message, needle)) {
+        fail_msg("'%s': message '%s' lacks '%s'", text, err.message, needle);
+    }
+}
+
+static void test_ipv4_and_defaults(void **state)
+{
+    good("rdma-colo:192.0.2.1:4444", "192.0.2.1", "4444", 4, 64, "");
+}
+
+static void test_hostname(void **state)
+{
+    good("rdma-colo:node-2.cluster.example:1", "node-2.cluster.example", "1", 4,
+         64, "");
+}
+
+static void test_ipv6(void **state)
+{
+    good("rdma-colo:[fe80::1%ib0]:4444", "fe80::1%ib0", "4444", 4, 64, "");
+    good("rdma-colo:[::1]:7", "::1", "7", 4, 64, "");
+}
+
+static void test_options(void **state)
+{
+    good("rdma-colo:h:1?channels=8&depth=128&token=abc.DEF_1~-", "h", "1", 8,
+         128, "abc.DEF_1~-");
+    good("rdma-colo:h:0?token=x", "h", "0", 4, 64, "x");
+    good("rdma-colo:h:65535?channels=64&depth=1024", "h", "65535", 64, 1024,
+         "");
+}
+
+static void test_bad_scheme_and_shape(void **state)
+{
+    bad(NULL, "NULL");
+    bad("rdma:h:1", "must start with 'rdma-colo:'");
+    bad("rdma-colo:", "expected HOST:PORT");
+    bad("rdma-colo:h", "expected HOST:PORT");
+    bad("rdma-colo::1", "empty host");
+    bad("rdma-colo:fe80::1:4444", "port must be");
+    bad("rdma-colo:[fe80::1:4444", "lacks ']'");
+    bad("rdma-colo:[]:1", "empty IPv6");
+    bad("rdma-colo:[host]:1", "brackets are for IPv6");
+    bad("rdma-colo:[::1]4444", "expected ':PORT'");
+    bad("rdma-colo:h o:1", "bad character in host");
+}
+
+static void test_bad_port(void **state)
+{
+    bad("rdma-colo:h:", "port must be");
+    bad("rdma-colo:h:65536", "port must be");
+    bad("rdma-colo:h:-1", "port must be");
+    bad("rdma-colo:h:12a", "port must be");
+    bad("rdma-colo:h:99999999999", "port must be");
+}
+
+static void test_bad_options(void **state)
+{
+    bad("rdma-colo:h:1?", "empty option list");
+    bad("rdma-colo:h:1?channels", "has no value");
+    bad("rdma-colo:h:1?channels=0", "channels must be");
+    bad("rdma-colo:h:1?channels=65", "channels must be");
+    bad("rdma-colo:h:1?channels=2&channels=2", "channels must be");
+    bad("rdma-colo:h:1?depth=1", "depth must be");
+    bad("rdma-colo:h:1?depth=1025", "depth must be");
+    bad("rdma-colo:h:1?token=", "token must be");
+    bad("rdma-colo:h:1?token=a b", "token may only");
+    bad("rdma-colo:h:1?token=a/b", "token may only");
+    bad("rdma-colo:h:1?colour=blue", "unknown option 'colour'");
+    bad("rdma-colo:h:1?channels=2&", "trailing '&'");
+}
+
+static void test_long_token(void **state)
+{
+    char text[600] = "rdma-colo:h:1?token=";
+    size_t base = strlen(text);
+    memset(text + base, 'a', RCOLO_MAX_TOKEN);
+    text[base + RCOLO_MAX_TOKEN] = '\0';
+    struct rcolo_uri u;
+    assert_int_equal(rcolo_uri_parse(text, &u, NULL), 0);
+    assert_int_equal(strlen(u.token), RCOLO_MAX_TOKEN);
+    strcat(text, "a");
+    bad(text, "token must be");
+}
+
+static void test_format_roundtrip(void **state)
+{
+    struct rcolo_uri u, v;
+    char buf[300];
+
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:[::1]:9?channels=3&depth=8", &u, NULL), 0);
+    assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "rdma-colo:[::1]:9?channels=3&depth=8");
+    assert_int_equal(rcolo_uri_parse(buf, &v, NULL), 0);
+    assert_string_equal(v.host, "::1");
+    assert_int_equal(rcolo_uri_format(&u, buf, 10), -ENOSPC);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ipv4_and_defaults),
+        cmocka_unit_test(test_hostname),
+        cmocka_unit_test(test_ipv6),
+        cmocka_unit_test(test_options),
+        cmocka_unit_test(test_bad_scheme_and_shape),
+        cmocka_unit_test(test_bad_port),
+        cmocka_unit_test(test_bad_options),
+        cmocka_unit_test(test_long_token),
+        cmocka_unit_test(test_format_roundtrip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,335 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * rdma-colo: one-sided RDMA page replication for COLO checkpoints.
+ *
+ * A session joins a primary (the side that sends dirty pages) and a
+ * secondary (the side that owns the COLO cache).  It is made of one control
+ * connection, which carries the region table, a reliable byte stream (for
+ * QEMU's migration stream and COLO's return path) and control messages, and
+ * N data channels.  Each data channel is an RC queue pair on which the
+ * primary RDMA-WRITEs pages from its registered regions straight into the
+ * secondary's registered regions at the same offsets, followed by a small
+ * descriptor message that names them.  The secondary takes descriptors one
+ * by one (rcolo_channel_recv), marks its dirty bitmap, and releases them
+ * (rcolo_channel_release).  A fence (rcolo_fence) returns on the primary
+ * once every page written before it on every channel is placed and its
+ * descriptor released by the secondary.
+ *
+ * Error convention (every function): a return value >= 0 is success (0, or
+ * a count where stated); a negative errno is failure.  Functions that take a
+ * `struct rcolo_error *err` (may be NULL) also fill it with a one-line
+ * human-readable reason on failure.  Once a session has failed (peer death,
+ * QP error, rejection, rcolo_session_shutdown) every later call on it and on
+ * its channels fails fast with the session's error code, and
+ * rcolo_session_error() returns the first failure's text.  The library never
+ * prints and never exits.
+ *
+ * Threads: a session runs one internal thread for connection management and
+ * the control connection (stream, credits).  A data channel must be used by
+ * one thread at a time; different channels may be used concurrently.  The
+ * stream may be read and written from different threads at once.
+ * rcolo_session_shutdown may be called from any thread at any time.
+ */
+#ifndef RDMA_COLO_H
+#define RDMA_COLO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RCOLO_PROTOCOL_VERSION 1
+
+/* Limits that bound every message on the wire (see docs/protocol.md). */
+#define RCOLO_MAX_CHANNELS   64
+#define RCOLO_MAX_DEPTH      1024 /* descriptors in flight per channel */
+#define RCOLO_MAX_REGIONS    512
+#define RCOLO_MAX_NAME       63   /* region name, bytes, without NUL */
+#define RCOLO_MAX_DESC_PAGES 1024 /* normal + zero pages per descriptor */
+#define RCOLO_MAX_TOKEN      256
+
+struct rcolo_error {
+    int code; /* negative errno, as returned */
+    char message[256];
+};
+
+/* ------------------------------------------------------------------ URI */
+
+/*
+ * rdma-colo:HOST:PORT[?key=value[&key=value...]]
+ *   HOST   IPv4 address, hostname, or [IPv6] in brackets
+ *   PORT   1..65535
+ *   keys   channels=N (1..RCOLO_MAX_CHANNELS, default 4),
+ *          depth=N    (2..RCOLO_MAX_DEPTH, descriptors in flight per
+ *                      channel, default 64),
+ *          token=T    (1..RCOLO_MAX_TOKEN bytes of [A-Za-z0-9._~-], shared by
+ *                      both sides; default empty)
+ */
+struct rcolo_uri {
+    char host[256];
+    char port[8];
+    unsigned channels;
+    unsigned depth;
+    char token[RCOLO_MAX_TOKEN + 1];
+};
+
+/* Parse @text into @uri.  Returns 0 or -EINVAL (with @err filled). */
+int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
+                    struct rcolo_error *err);
+
+/* Format @uri back to text (token left out).  Returns the length or
+ * -ENOSPC if @size is too small. */
+int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size);
+
+/* -------------------------------------------------------------- session */
+
+struct rcolo_session;
+struct rcolo_channel;
+
+enum rcolo_role {
+    RCOLO_PRIMARY = 1,
+    RCOLO_SECONDARY = 2,
+};
+
+/*
+ * Secondary: bind and listen on uri->host:uri->port.  Regions may be added
+ * before or after; the region table is sent to the primary once its control
+ * connection is accepted (and only then: a wrong version or token is
+ * rejected before any rkey leaves this process).  Returns 0 or -errno.
+ */
+int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
+                 struct rcolo_error *err);
+
+/* Secondary: port actually bound (useful with port 0).  Returns the port or
+ * -errno. */
+int rcolo_session_port(struct rcolo_session *s);
+
+/*
+ * Secondary: wait up to @timeout_ms (-1: forever) until a primary's control
+ * connection is accepted and the region table sent.  Returns 0, -ETIMEDOUT,
+ * or the session's error.
+ */
+int rcolo_accept(struct rcolo_session *s, int timeout_ms,
+                 struct rcolo_error *err);
+
+/*
+ * Primary: connect the control connection and receive the region table.
+ * Blocks up to @timeout_ms (-1: forever).  Returns 0 or -errno:
+ * -ECONNREFUSED (nobody listening, or rejected: @err says why, e.g. wrong
+ * token or version), -EHOSTUNREACH, -ETIMEDOUT, -ENODEV.
+ */
+int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
+                  struct rcolo_session **out, struct rcolo_error *err);
+
+/*
+ * Data channels.  Primary: connect channel @index (0..channels-1); channels
+ * may be connected in any order and from different threads.  Secondary: wait
+ * until the primary connected channel @index.  Both block up to
+ * @timeout_ms.  The channel belongs to the session: it is destroyed with it.
+ */
+int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
+                          int timeout_ms, struct rcolo_channel **out,
+                          struct rcolo_error *err);
+int rcolo_channel_accept(struct rcolo_session *s, unsigned index,
+                         int timeout_ms, struct rcolo_channel **out,
+                         struct rcolo_error *err);
+
+/* Number of data channels agreed for the session. */
+unsigned rcolo_session_channels(const struct rcolo_session *s);
+
+/*
+ * Fail the session now (for QEMU's yank, or a COLO failover): every waiter
+ * on the session, its channels and its stream wakes with -ESHUTDOWN (or the
+ * error already recorded) within a second; connections are disconnected.
+ * Safe from any thread, any number of times.
+ */
+void rcolo_session_shutdown(struct rcolo_session *s);
+
+/* 0 while healthy, otherwise the negative errno of the first failure. */
+int rcolo_session_status(const struct rcolo_session *s);
+
+/* Text of the first failure ("" while healthy).  Valid until destroy. */
+const char *rcolo_session_error(const struct rcolo_session *s);
+
+/*
+ * Destroy the session, its channels and regions.  Works on sessions in any
+ * state, including half-built ones and NULL.  No thread may be using the
+ * session any more (call rcolo_session_shutdown and join them first).
+ */
+void rcolo_session_destroy(struct rcolo_session *s);
+
+/* -------------------------------------------------------------- regions */
+
+/*
+ * Register [addr, addr+length) as region @id (any value; unique per
+ * session) with an optional @name (<= RCOLO_MAX_NAME bytes, may be NULL) and
+ * page size @page_size (a power of two >= 4096; length must be a multiple).
+ * On the secondary the memory is registered for local and remote write
+ * only, never remote read.  On the primary it is a local write source; the
+ * primary may only add a region that the secondary advertised with the same
+ * id, length, page size and name.  Returns 0, -EEXIST, -EINVAL, -ENOENT
+ * (primary: no such remote region), -ENOMEM (memlock: @err names
+ * `ulimit -l` / LimitMEMLOCK).
+ */
+int rcolo_region_add(struct rcolo_session *s, uint32_t id, const char *name,
+                     void *addr, uint64_t length, uint32_t page_size,
+                     struct rcolo_error *err);
+
+/* Deregister region @id.  Returns 0 or -ENOENT.  Only while no channel is
+ * transferring into or from it. */
+int rcolo_region_remove(struct rcolo_session *s, uint32_t id);
+
+/* Primary: look up an advertised remote region by name; fills *id, *length
+ * and *page_size.  Returns 0 or -ENOENT. */
+int rcolo_region_lookup(struct rcolo_session *s, const char *name, uint32_t *id,
+                        uint64_t *length, uint32_t *page_size);
+
+/* Whether the device supports on-demand paging for RC writes (used instead
+ * of pinning when it does).  Returns 1, 0, or -errno. */
+int rcolo_session_odp(struct rcolo_session *s);
+
+/* ---------------------------------------------------------- data path */
+
+/*
+ * Primary: replicate pages of region @region_id.  @offsets lists @n byte
+ * offsets of pages to copy (page-aligned, inside the region); @zero lists
+ * @nzero offsets of pages the secondary must zero.  Contiguous offsets are
+ * coalesced into one RDMA WRITE (up to a bound); the writes are posted in
+ * one chain followed by one descriptor naming every page.  Returns once
+ * posted (the source pages must stay unchanged until the next fence if the
+ * caller needs them exact; the library keeps no copy).  Blocks while the
+ * secondary has no free descriptor slot (credits).  n + nzero may be at most
+ * RCOLO_MAX_DESC_PAGES.  Returns 0 or -errno.
+ */
+int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
+                      const uint64_t *offsets, unsigned n, const uint64_t *zero,
+                      unsigned nzero);
+
+/*
+ * Primary: fence.  Returns once every page written on every channel of the
+ * session before the call is placed in the secondary's memory and its
+ * descriptor released by the secondary.  Call it with no other thread using
+ * the channels (at a checkpoint).  Split form for QEMU's multifd sync, where
+ * each channel's thread sends its own sync: rcolo_channel_fence_post() then
+ * rcolo_channel_fence_wait() on every channel.  Returns 0 or -errno.
+ */
+int rcolo_fence(struct rcolo_session *s, int timeout_ms);
+int rcolo_channel_fence_post(struct rcolo_channel *ch);
+int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms);
+
+/* What the secondary receives. */
+enum rcolo_desc_kind {
+    RCOLO_DESC_PAGES = 1, /* pages were placed; mark them */
+    RCOLO_DESC_FENCE = 2, /* every earlier descriptor on this channel was
+                             released; releasing this one acks the fence */
+};
+
+struct rcolo_desc {
+    enum rcolo_desc_kind kind;
+    uint32_t region_id;
+    void *region_addr; /* the secondary's own mapping of the region */
+    uint32_t page_size;
+    unsigned n;              /* pages written by RDMA */
+    unsigned nzero;          /* pages zeroed by the library in the cache */
+    const uint64_t *offsets; /* n offsets, validated */
+    const uint64_t *zero;    /* nzero offsets, validated, already zeroed */
+    uint64_t seq;            /* per-channel descriptor sequence number */
+    void *priv_;             /* library use */
+};
+
+/*
+ * Secondary: wait up to @timeout_ms (-1 forever, 0 poll) for the next
+ * descriptor on @ch.  The descriptor was validated (known region, aligned,
+ * in bounds, counts within limits) and its zero pages cleared; an invalid
+ * one fails the session with -EPROTO.  The caller marks its bitmap, then
+ * calls rcolo_channel_release().  Returns 0, -EAGAIN/-ETIMEDOUT, or -errno.
+ */
+int rcolo_channel_recv(struct rcolo_channel *ch, struct rcolo_desc *desc,
+                       int timeout_ms);
+
+/* Secondary: hand the descriptor's buffer back (returns credits to the
+ * primary; for a fence, acks it).  Returns 0 or -errno. */
+int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc);
+
+/* Descriptor's pollable fd for event loops (the channel's completion
+ * channel); readable when rcolo_channel_recv may have work. */
+int rcolo_channel_fd(struct rcolo_channel *ch);
+
+/* --------------------------------------------------------------- stream */
+
+/*
+ * A reliable, ordered, bidirectional byte stream over the control
+ * connection.  Write copies @len bytes and returns the number of bytes
+ * accepted (all of them when blocking; possibly fewer, or -EAGAIN, with
+ * @nonblock).  Read returns 1..@len bytes, 0 at orderly end of stream (peer
+ * called rcolo_stream_close), -EAGAIN with @nonblock when nothing is
+ * buffered, or the session's error.
+ */
+ssize_t rcolo_stream_write(struct rcolo_session *s, const void *buf, size_t len,
+                           bool nonblock);
+ssize_t rcolo_stream_read(struct rcolo_session *s, void *buf, size_t len,
+                          bool nonblock);
+
+/* Send end-of-stream to the peer (its reads then return 0). */
+int rcolo_stream_close(struct rcolo_session *s);
+
+/* A file descriptor that polls readable (POLLIN) while stream data, end of
+ * stream or a session error is pending, and writable (POLLOUT) is not
+ * signalled: writers use rcolo_stream_write blocking or retry on
+ * rcolo_stream_writable(). */
+int rcolo_stream_fd(struct rcolo_session *s);
+
+/* 1 if a non-blocking write would accept at least one byte. */
+int rcolo_stream_writable(struct rcolo_session *s);
+
+/* ---------------------------------------------------------------- stats */
+
+struct rcolo_channel_stats {
+    uint64_t bytes; /* payload bytes RDMA-written (primary) or
+                       described (secondary) */
+    uint64_t pages; /* normal pages */
+    uint64_t zero_pages;
+    uint64_t write_wrs;    /* RDMA WRITE work requests posted */
+    uint64_t descriptors;  /* descriptors sent / received */
+    uint64_t credit_waits; /* times the primary waited for credits */
+    uint64_t fences;
+};
+
+struct rcolo_session_stats {
+    struct rcolo_channel_stats total; /* sum over channels */
+    uint64_t fences;
+    uint64_t fence_ns_total; /* summed fence latency (primary) */
+    uint64_t fence_ns_max;
+    uint64_t fence_ns_last;
+    uint64_t stream_bytes_sent;
+    uint64_t stream_bytes_received;
+};
+
+/* Copy counters.  Returns 0 or -EINVAL. */
+int rcolo_channel_get_stats(struct rcolo_channel *ch,
+                            struct rcolo_channel_stats *out);
+int rcolo_session_get_stats(struct rcolo_session *s,
+                            struct rcolo_session_stats *out);
+
+/* ------------------------------------------------------------- testing */
+
+/*
+ * Test hooks (used by the rxe suite to play a broken or hostile peer).
+ * Not for production use.
+ */
+enum rcolo_test_hook {
+    RCOLO_TEST_NONE = 0,
+    RCOLO_TEST_BAD_VERSION,        /* primary: connect with version + 1 */
+    RCOLO_TEST_DESC_OUT_OF_BOUNDS, /* primary: next descriptor's first
+                                      offset points past the region */
+};
+void rcolo_test_set_hook(enum rcolo_test_hook hook);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RDMA_COLO_H */

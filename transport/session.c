@@ -1,0 +1,1062 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Sessions: listen/accept (secondary), connect (primary), the connection
+ * handshake, the session thread (CM events, control connection, async
+ * events), the error state, shutdown and destroy.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+enum rcolo_test_hook rcolo_test_hook_armed;
+
+void rcolo_test_set_hook(enum rcolo_test_hook hook)
+{
+    rcolo_test_hook_armed = hook;
+}
+
+/* --------------------------------------------------------------- time */
+
+int64_t rcolo_now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int64_t rcolo_deadline(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : rcolo_now_ns() + (int64_t)timeout_ms * 1000000;
+}
+
+int rcolo_deadline_ms(int64_t deadline)
+{
+    if (deadline < 0) {
+        return -1;
+    }
+    int64_t left = deadline - rcolo_now_ns();
+    if (left <= 0) {
+        return 0;
+    }
+    left = (left + 999999) / 1000000;
+    return left > 1000000 ? 1000000 : (int)left;
+}
+
+int rcolo_session_wait_locked(struct rcolo_session *s, int64_t deadline)
+{
+    if (deadline < 0) {
+        pthread_cond_wait(&s->cond, &s->lock);
+        return 0;
+    }
+    struct timespec ts = {.tv_sec = deadline / 1000000000,
+                          .tv_nsec = deadline % 1000000000};
+    return -pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+}
+
+/* -------------------------------------------------------------- errors */
+
+static void disconnect_all_locked(struct rcolo_session *s)
+{
+    if (s->ctl_id && s->ctl_established) {
+        rdma_disconnect(s->ctl_id);
+    }
+    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+        struct rcolo_channel *ch = s->chan[i];
+        if (ch && ch->id && ch->state == RCOLO_CHAN_ESTABLISHED) {
+            rdma_disconnect(ch->id);
+        }
+    }
+}
+
+static int fail_va(struct rcolo_session *s, int code, const char *fmt,
+                   va_list ap)
+{
+    if (s->status == 0) {
+        s->status = code < 0 ? code : -EIO;
+        s->state = RCOLO_SESSION_FAILED;
+        vsnprintf(s->error, sizeof(s->error), fmt, ap);
+        uint64_t one = 1;
+        if (write(s->abort_fd, &one, sizeof(one)) < 0) {
+            /* eventfd write cannot fail short of overflow */
+        }
+        rcolo_stream_update_fd_locked(s);
+        pthread_cond_broadcast(&s->cond);
+        /* Tell the peer at once: its waiters fail instead of hanging. */
+        disconnect_all_locked(s);
+    }
+    return s->status;
+}
+
+int rcolo_session_fail_locked(struct rcolo_session *s, int code,
+                              const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = fail_va(s, code, fmt, ap);
+    va_end(ap);
+    return ret;
+}
+
+int rcolo_session_fail(struct rcolo_session *s, int code, const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&s->lock);
+    va_start(ap, fmt);
+    int ret = fail_va(s, code, fmt, ap);
+    va_end(ap);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int rcolo_session_status(const struct rcolo_session *s)
+{
+    return __atomic_load_n(&s->status, __ATOMIC_ACQUIRE);
+}
+
+const char *rcolo_session_error(const struct rcolo_session *s)
+{
+    return rcolo_session_status(s) ? s->error : "";
+}
+
+static int session_error(struct rcolo_session *s, struct rcolo_error *err)
+{
+    return rcolo_set_error(err, s->status, "%s", s->error);
+}
+
+/* ------------------------------------------------------------- create */
+
+struct rcolo_session *rcolo_session_new(enum rcolo_role role,
+                                        const struct rcolo_uri *uri)
+{
+    struct rcolo_session *s = g_new0(struct rcolo_session, 1);
+    pthread_condattr_t ca;
+
+    s->role = role;
+    s->uri = *uri;
+    s->channels = uri->channels;
+    s->depth = uri->depth;
+    s->odp = -1;
+    s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->abort_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    s->stream.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->stream.write_lock, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->cond, &ca);
+    pthread_condattr_destroy(&ca);
+    s->regions = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
+                                       rcolo_region_free);
+    rcolo_token_hash(uri->token, s->token_hash);
+    return s;
+}
+
+static int session_pd(struct rcolo_session *s, struct ibv_context *verbs,
+                      struct rcolo_error *err)
+{
+    if (s->pd) {
+        if (verbs != s->verbs) {
+            return rcolo_set_error(err, -EXDEV,
+                                   "connection arrived on RDMA device %s, "
+                                   "but the session uses %s",
+                                   ibv_get_device_name(verbs->device),
+                                   ibv_get_device_name(s->verbs->device));
+        }
+        return 0;
+    }
+    s->verbs = verbs;
+    s->pd = ibv_alloc_pd(verbs);
+    if (!s->pd) {
+        return rcolo_set_error(err, -errno, "cannot allocate PD on %s: %s",
+                               ibv_get_device_name(verbs->device),
+                               strerror(errno));
+    }
+    fcntl(verbs->async_fd, F_SETFL,
+          fcntl(verbs->async_fd, F_GETFL) | O_NONBLOCK);
+    return rcolo_regions_register_all(s, err);
+}
+
+int rcolo_session_odp(struct rcolo_session *s)
+{
+    return s->odp < 0 ? -ENODEV : s->odp;
+}
+
+unsigned rcolo_session_channels(const struct rcolo_session *s)
+{
+    return s->channels;
+}
+
+/* ---------------------------------------------------- control setup */
+
+static int ctl_setup(struct rcolo_session *s, struct rdma_cm_id *id,
+                     struct rcolo_error *err)
+{
+    uint32_t nrecv = RCOLO_STREAM_SLOTS + RCOLO_STREAM_EXTRA;
+    int ret;
+
+    s->ctl_id = id;
+    ret = rcolo_qp_create(id, s->pd, &s->ctl_res, nrecv + 4, nrecv, err);
+    if (ret) {
+        return ret;
+    }
+    ret = rcolo_slots_init(&s->ctl_send, s->pd, RCOLO_STREAM_SLOTS + 4,
+                           RCOLO_STREAM_SLOT_SIZE, RCOLO_WR_SEND_SLOT, err);
+    if (ret) {
+        return ret;
+    }
+    ret = rcolo_slots_init(&s->ctl_recv, s->pd, nrecv, RCOLO_STREAM_SLOT_SIZE,
+                           RCOLO_WR_RECV_SLOT, err);
+    if (ret) {
+        return ret;
+    }
+    for (uint32_t i = 0; i < nrecv; i++) {
+        ret = rcolo_post_recv_slot(id->qp, &s->ctl_recv, i);
+        if (ret) {
+            return rcolo_set_error(err, ret, "cannot post receive: %s",
+                                   strerror(-ret));
+        }
+    }
+    ibv_req_notify_cq(s->ctl_res.cq, 0);
+    return rcolo_stream_init(s, err);
+}
+
+static void ctl_teardown(struct rcolo_session *s)
+{
+    if (s->ctl_id) {
+        rcolo_qp_destroy(s->ctl_id, &s->ctl_res);
+        rdma_destroy_id(s->ctl_id);
+        s->ctl_id = NULL;
+    }
+    rcolo_slots_fini(&s->ctl_send);
+    rcolo_slots_fini(&s->ctl_recv);
+}
+
+/* Secondary: the control connection is up; send the region table. */
+static void ctl_established_locked(struct rcolo_session *s)
+{
+    uint32_t slot;
+    size_t len;
+    int ret;
+
+    s->ctl_established = true;
+    ret = rcolo_ctl_get_send_slot_locked(s, rcolo_deadline(1000), &slot);
+    if (ret == 0) {
+        ret = rcolo_region_table_build(s, rcolo_slot_buf(&s->ctl_send, slot),
+                                       s->ctl_send.size, &len);
+        if (ret == 0) {
+            /* The table takes a stream slot of the peer: it is the first
+             * message, so a credit is always there. */
+            rcolo_credits_take(&s->stream.credits);
+            ret = rcolo_ctl_post_send_locked(s, slot, (uint32_t)len);
+        }
+    }
+    if (ret) {
+        rcolo_session_fail_locked(s, ret, "cannot send region table: %s",
+                                  strerror(-ret));
+        return;
+    }
+    s->state = RCOLO_SESSION_READY;
+    pthread_cond_broadcast(&s->cond);
+}
+
+/* ------------------------------------------------ secondary: requests */
+
+static enum rcolo_reject_reason check_request(struct rcolo_session *s,
+                                              const struct rcolo_req *req)
+{
+    if (memcmp(req->token_hash, s->token_hash, RCOLO_REQ_HASH_BYTES) != 0) {
+        return RCOLO_REJ_BAD_TOKEN;
+    }
+    if (req->role == RCOLO_CONN_CONTROL) {
+        if (s->ctl_id || s->state != RCOLO_SESSION_LISTENING) {
+            return RCOLO_REJ_BUSY;
+        }
+        return RCOLO_REJ_NONE;
+    }
+    if (s->state != RCOLO_SESSION_READY || req->nonce != s->nonce) {
+        return RCOLO_REJ_BAD_NONCE;
+    }
+    if (req->index >= s->channels || s->chan[req->index]) {
+        return RCOLO_REJ_BAD_CHANNEL;
+    }
+    return RCOLO_REJ_NONE;
+}
+
+/* Returns an id to destroy once the event is acked, or NULL. */
+static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
+                                             struct rdma_cm_event *ev)
+{
+    struct rdma_cm_id *id = ev->id;
+    struct rcolo_req req;
+    struct rcolo_error err = {0};
+    uint8_t pdata[RCOLO_WIRE_REJ_LEN > RCOLO_WIRE_REP_LEN ? RCOLO_WIRE_REJ_LEN
+                                                          : RCOLO_WIRE_REP_LEN];
+    enum rcolo_reject_reason why;
+    struct rcolo_channel *ch = NULL;
+
+    why = rcolo_req_decode(ev->param.conn.private_data,
+                           ev->param.conn.private_data_len, &req);
+    if (why == RCOLO_REJ_NONE) {
+        why = check_request(s, &req);
+    }
+    if (why == RCOLO_REJ_NONE && session_pd(s, id->verbs, &err)) {
+        why = RCOLO_REJ_NO_RESOURCES;
+    }
+    if (why == RCOLO_REJ_NONE) {
+        rcolo_cm_tune(id);
+        if (req.role == RCOLO_CONN_CONTROL) {
+            s->channels = req.channels;
+            s->depth = req.depth < s->depth ? req.depth : s->depth;
+            if (ctl_setup(s, id, &err)) {
+                why = RCOLO_REJ_NO_RESOURCES;
+                s->ctl_id = NULL;
+                rcolo_qp_destroy(id, &s->ctl_res);
+                rcolo_slots_fini(&s->ctl_send);
+                rcolo_slots_fini(&s->ctl_recv);
+                rcolo_stream_fini(s);
+            }
+        } else {
+            ch = g_new0(struct rcolo_channel, 1);
+            ch->s = s;
+            ch->index = req.index;
+            ch->id = id;
+            if (rcolo_channel_setup(ch, &err)) {
+                why = RCOLO_REJ_NO_RESOURCES;
+                ch->id = NULL; /* destroyed below, after the ack */
+                rcolo_qp_destroy(id, &ch->res);
+                rcolo_channel_free(ch);
+                ch = NULL;
+            }
+        }
+    }
+
+    if (why != RCOLO_REJ_NONE) {
+        size_t n = rcolo_rej_encode(why, pdata, sizeof(pdata));
+        rdma_reject(id, pdata, (uint8_t)n);
+        if (why == RCOLO_REJ_NO_RESOURCES) {
+            /* Our own failure, not the peer's fault: record it. */
+            rcolo_session_fail_locked(s, err.code ? err.code : -ENOMEM,
+                                      "cannot accept connection: %s",
+                                      err.message);
+        }
+        return id;
+    }
+
+    struct rcolo_rep rep = {
+        .channels = (uint16_t)s->channels,
+        .depth = (uint16_t)s->depth,
+        .nonce = s->nonce,
+    };
+    size_t n = rcolo_rep_encode(&rep, pdata, sizeof(pdata));
+    struct rdma_conn_param param = {
+        .private_data = pdata,
+        .private_data_len = (uint8_t)n,
+        .responder_resources = 1,
+        .initiator_depth = 1,
+        .retry_count = 7,
+        .rnr_retry_count = 7,
+    };
+    if (req.role == RCOLO_CONN_CONTROL) {
+        id->context = NULL;
+        s->state = RCOLO_SESSION_ACCEPTING;
+    } else {
+        id->context = ch;
+        ch->state = RCOLO_CHAN_CONNECTING;
+        s->chan[ch->index] = ch;
+    }
+    if (rdma_accept(id, &param)) {
+        rcolo_session_fail_locked(s, -errno, "rdma_accept: %s",
+                                  strerror(errno));
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------ session thread */
+
+static const char *id_name(struct rcolo_session *s, struct rdma_cm_id *id,
+                           char *buf, size_t size)
+{
+    if (id == s->ctl_id) {
+        return "control connection";
+    }
+    struct rcolo_channel *ch = id->context;
+    if (ch) {
+        snprintf(buf, size, "data channel %u", ch->index);
+        return buf;
+    }
+    return "connection";
+}
+
+static void handle_cm_event(struct rcolo_session *s)
+{
+    struct rdma_cm_event *ev;
+    struct rdma_cm_id *destroy = NULL;
+    char name[32];
+
+    if (rdma_get_cm_event(s->cm, &ev)) {
+        return;
+    }
+    pthread_mutex_lock(&s->lock);
+    switch (ev->event) {
+    case RDMA_CM_EVENT_CONNECT_REQUEST:
+        if (s->role == RCOLO_SECONDARY && !s->thread_stop) {
+            destroy = on_connect_request(s, ev);
+        } else {
+            rdma_reject(ev->id, NULL, 0);
+            destroy = ev->id;
+        }
+        break;
+    case RDMA_CM_EVENT_ESTABLISHED:
+        if (ev->id == s->ctl_id) {
+            ctl_established_locked(s);
+        } else if (ev->id->context) {
+            struct rcolo_channel *ch = ev->id->context;
+            ch->state = RCOLO_CHAN_ESTABLISHED;
+            pthread_cond_broadcast(&s->cond);
+        }
+        break;
+    case RDMA_CM_EVENT_DISCONNECTED:
+        rcolo_session_fail_locked(s, -ECONNRESET, "peer disconnected (%s)",
+                                  id_name(s, ev->id, name, sizeof(name)));
+        rdma_disconnect(ev->id);
+        break;
+    case RDMA_CM_EVENT_DEVICE_REMOVAL:
+        rcolo_session_fail_locked(s, -ENODEV, "RDMA device removed");
+        break;
+    case RDMA_CM_EVENT_CONNECT_ERROR:
+    case RDMA_CM_EVENT_UNREACHABLE:
+    case RDMA_CM_EVENT_REJECTED:
+        rcolo_session_fail_locked(s, -ECONNABORTED, "%s failed: %s (%d)",
+                                  id_name(s, ev->id, name, sizeof(name)),
+                                  rdma_event_str(ev->event), ev->status);
+        break;
+    default:
+        break; /* TIMEWAIT_EXIT, ADDR_CHANGE: nothing to do */
+    }
+    pthread_mutex_unlock(&s->lock);
+    rdma_ack_cm_event(ev);
+    if (destroy) {
+        rdma_destroy_id(destroy);
+    }
+}
+
+static void handle_async_event(struct rcolo_session *s)
+{
+    struct ibv_async_event ev;
+
+    if (ibv_get_async_event(s->verbs, &ev)) {
+        return;
+    }
+    switch (ev.event_type) {
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+    case IBV_EVENT_CQ_ERR:
+    case IBV_EVENT_DEVICE_FATAL:
+    case IBV_EVENT_PORT_ERR:
+        rcolo_session_fail(s, -EIO, "RDMA async event: %s",
+                           ibv_event_type_str(ev.event_type));
+        break;
+    default:
+        break;
+    }
+    ibv_ack_async_event(&ev);
+}
+
+static void handle_ctl_cq(struct rcolo_session *s)
+{
+    struct ibv_cq *cq;
+    void *ctx;
+    struct ibv_wc wc[8];
+
+    if (ibv_get_cq_event(s->ctl_res.comp, &cq, &ctx) == 0) {
+        ibv_ack_cq_events(cq, 1);
+    }
+    ibv_req_notify_cq(s->ctl_res.cq, 0);
+    for (;;) {
+        int n = ibv_poll_cq(s->ctl_res.cq, 8, wc);
+        if (n <= 0) {
+            break;
+        }
+        pthread_mutex_lock(&s->lock);
+        for (int i = 0; i < n; i++) {
+            rcolo_ctl_completion(s, &wc[i]);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+static void *session_thread(void *opaque)
+{
+    struct rcolo_session *s = opaque;
+
+    for (;;) {
+        struct pollfd pfd[4];
+        int n = 0, ctl = -1, async = -1;
+
+        pthread_mutex_lock(&s->lock);
+        bool stop = s->thread_stop;
+        pthread_mutex_unlock(&s->lock);
+        if (stop) {
+            break;
+        }
+        pfd[n++] = (struct pollfd){.fd = s->wake_fd, .events = POLLIN};
+        pfd[n++] = (struct pollfd){.fd = s->cm->fd, .events = POLLIN};
+        if (s->ctl_res.comp) {
+            ctl = n;
+            pfd[n++] =
+                (struct pollfd){.fd = s->ctl_res.comp->fd, .events = POLLIN};
+        }
+        if (s->verbs) {
+            async = n;
+            pfd[n++] =
+                (struct pollfd){.fd = s->verbs->async_fd, .events = POLLIN};
+        }
+        if (poll(pfd, (nfds_t)n, -1) < 0) {
+            continue;
+        }
+        if (pfd[0].revents) {
+            uint64_t v;
+            if (read(s->wake_fd, &v, sizeof(v)) < 0) {
+                /* nothing pending */
+            }
+        }
+        if (pfd[1].revents) {
+            handle_cm_event(s);
+        }
+        if (ctl >= 0 && pfd[ctl].revents) {
+            handle_ctl_cq(s);
+        }
+        if (async >= 0 && pfd[async].revents) {
+            handle_async_event(s);
+        }
+    }
+    return NULL;
+}
+
+static void session_wake(struct rcolo_session *s)
+{
+    uint64_t one = 1;
+    if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+        /* cannot fail short of overflow */
+    }
+}
+
+int rcolo_session_start_thread(struct rcolo_session *s, struct rcolo_error *err)
+{
+    int ret = pthread_create(&s->thread, NULL, session_thread, s);
+    if (ret) {
+        return rcolo_set_error(err, -ret, "cannot start session thread: %s",
+                               strerror(ret));
+    }
+    s->thread_started = true;
+    return 0;
+}
+
+/* ------------------------------------------------------------ listen */
+
+static int resolve(const struct rcolo_uri *uri, bool passive,
+                   struct rdma_addrinfo **res, struct rcolo_error *err)
+{
+    struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP};
+
+    if (passive) {
+        hints.ai_flags = RAI_PASSIVE;
+    }
+    if (rdma_getaddrinfo(uri->host, uri->port, &hints, res)) {
+        return rcolo_set_error(err, -EADDRNOTAVAIL,
+                               "cannot resolve %s port %s: %s", uri->host,
+                               uri->port, strerror(errno));
+    }
+    return 0;
+}
+
+static int no_device_error(struct rcolo_error *err)
+{
+    int num = 0;
+    struct ibv_device **list = ibv_get_device_list(&num);
+
+    if (list) {
+        ibv_free_device_list(list);
+    }
+    if (num == 0) {
+        return rcolo_set_error(err, -ENODEV,
+                               "no RDMA device found (load rdma_rxe and "
+                               "'rdma link add', or install an HCA driver)");
+    }
+    return 0;
+}
+
+int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
+                 struct rcolo_error *err)
+{
+    struct rcolo_session *s;
+    struct rdma_addrinfo *ai = NULL;
+    int ret;
+
+    *out = NULL;
+    ret = no_device_error(err);
+    if (ret) {
+        return ret;
+    }
+    s = rcolo_session_new(RCOLO_SECONDARY, uri);
+    if (getrandom(&s->nonce, sizeof(s->nonce), 0) != sizeof(s->nonce)) {
+        s->nonce = (uint64_t)rcolo_now_ns() ^ ((uint64_t)getpid() << 32);
+    }
+    s->cm = rdma_create_event_channel();
+    if (!s->cm) {
+        ret = rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
+                              strerror(errno));
+        goto fail;
+    }
+    fcntl(s->cm->fd, F_SETFL, fcntl(s->cm->fd, F_GETFL) | O_NONBLOCK);
+    ret = resolve(uri, true, &ai, err);
+    if (ret) {
+        goto fail;
+    }
+    if (rdma_create_id(s->cm, &s->listen_id, NULL, RDMA_PS_TCP)) {
+        ret =
+            rcolo_set_error(err, -errno, "rdma_create_id: %s", strerror(errno));
+        goto fail;
+    }
+    if (rdma_bind_addr(s->listen_id, ai->ai_src_addr)) {
+        ret = rcolo_set_error(err, -errno, "cannot bind %s port %s: %s",
+                              uri->host, uri->port, strerror(errno));
+        goto fail;
+    }
+    if (rdma_listen(s->listen_id, 64)) {
+        ret = rcolo_set_error(err, -errno, "cannot listen on %s port %s: %s",
+                              uri->host, uri->port, strerror(errno));
+        goto fail;
+    }
+    /* Bound to one device's address: register regions as they come, so
+     * that a memlock problem shows at rcolo_region_add. */
+    if (s->listen_id->verbs) {
+        ret = session_pd(s, s->listen_id->verbs, err);
+        if (ret) {
+            goto fail;
+        }
+    }
+    s->state = RCOLO_SESSION_LISTENING;
+    ret = rcolo_session_start_thread(s, err);
+    if (ret) {
+        goto fail;
+    }
+    rdma_freeaddrinfo(ai);
+    *out = s;
+    return 0;
+
+fail:
+    if (ai) {
+        rdma_freeaddrinfo(ai);
+    }
+    rcolo_session_destroy(s);
+    return ret;
+}
+
+int rcolo_session_port(struct rcolo_session *s)
+{
+    if (!s->listen_id) {
+        return -EINVAL;
+    }
+    return be16toh(rdma_get_src_port(s->listen_id));
+}
+
+int rcolo_accept(struct rcolo_session *s, int timeout_ms,
+                 struct rcolo_error *err)
+{
+    int64_t deadline = rcolo_deadline(timeout_ms);
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    while (s->state != RCOLO_SESSION_READY && s->status == 0) {
+        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
+            ret = rcolo_set_error(err, -ETIMEDOUT,
+                                  "no primary connected within %d ms",
+                                  timeout_ms);
+            break;
+        }
+    }
+    if (s->status) {
+        ret = session_error(s, err);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int rcolo_channel_accept(struct rcolo_session *s, unsigned index,
+                         int timeout_ms, struct rcolo_channel **out,
+                         struct rcolo_error *err)
+{
+    int64_t deadline = rcolo_deadline(timeout_ms);
+    int ret = 0;
+
+    *out = NULL;
+    if (s->role != RCOLO_SECONDARY || index >= RCOLO_MAX_CHANNELS) {
+        return rcolo_set_error(err, -EINVAL, "bad channel index %u", index);
+    }
+    pthread_mutex_lock(&s->lock);
+    for (;;) {
+        if (s->status) {
+            ret = session_error(s, err);
+            break;
+        }
+        if (s->state == RCOLO_SESSION_READY && index >= s->channels) {
+            ret = rcolo_set_error(err, -EINVAL,
+                                  "channel %u: the session has %u channels",
+                                  index, s->channels);
+            break;
+        }
+        if (s->chan[index] && s->chan[index]->state == RCOLO_CHAN_ESTABLISHED) {
+            *out = s->chan[index];
+            break;
+        }
+        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
+            ret = rcolo_set_error(err, -ETIMEDOUT,
+                                  "data channel %u not connected within %d ms",
+                                  index, timeout_ms);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* ------------------------------------------------------------ connect */
+
+/* Resolve address and route for a new id on a private event channel. */
+static int connect_resolve(struct rcolo_session *s,
+                           struct rdma_event_channel **pch,
+                           struct rdma_cm_id **pid, int64_t deadline,
+                           struct rcolo_error *err)
+{
+    struct rdma_addrinfo *ai;
+    int ret;
+
+    *pch = rdma_create_event_channel();
+    if (!*pch) {
+        return rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
+                               strerror(errno));
+    }
+    fcntl((*pch)->fd, F_SETFL, fcntl((*pch)->fd, F_GETFL) | O_NONBLOCK);
+    if (rdma_create_id(*pch, pid, NULL, RDMA_PS_TCP)) {
+        return rcolo_set_error(err, -errno, "rdma_create_id: %s",
+                               strerror(errno));
+    }
+    ret = resolve(&s->uri, false, &ai, err);
+    if (ret) {
+        return ret;
+    }
+    ret = rdma_resolve_addr(*pid, NULL, ai->ai_dst_addr, 2000);
+    rdma_freeaddrinfo(ai);
+    if (ret) {
+        return rcolo_set_error(err, -errno, "cannot resolve %s: %s",
+                               s->uri.host, strerror(errno));
+    }
+    ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ADDR_RESOLVED,
+                        rcolo_deadline_ms(deadline), s->abort_fd, NULL, NULL,
+                        NULL, err);
+    if (ret) {
+        return ret;
+    }
+    if (rdma_resolve_route(*pid, 2000)) {
+        return rcolo_set_error(err, -errno, "cannot resolve route: %s",
+                               strerror(errno));
+    }
+    ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ROUTE_RESOLVED,
+                        rcolo_deadline_ms(deadline), s->abort_fd, NULL, NULL,
+                        NULL, err);
+    if (ret) {
+        return ret;
+    }
+    rcolo_cm_tune(*pid);
+    return session_pd(s, (*pid)->verbs, err);
+}
+
+/* Send the REQ, wait for ESTABLISHED, move the id onto the session's
+ * event channel. */
+static int connect_finish(struct rcolo_session *s,
+                          struct rdma_event_channel *pch, struct rdma_cm_id *id,
+                          const struct rcolo_req *req, struct rcolo_rep *rep,
+                          int64_t deadline, struct rcolo_error *err)
+{
+    uint8_t req_buf[RCOLO_WIRE_REQ_LEN];
+    uint8_t reply[64];
+    size_t reply_len = sizeof(reply);
+    int status = 0;
+    struct rdma_conn_param param = {
+        .private_data = req_buf,
+        .private_data_len =
+            (uint8_t)rcolo_req_encode(req, req_buf, sizeof(req_buf)),
+        .responder_resources = 1,
+        .initiator_depth = 1,
+        .retry_count = 7,
+        .rnr_retry_count = 7,
+    };
+    int ret;
+
+    if (rdma_connect(id, &param)) {
+        return rcolo_set_error(err, -errno, "rdma_connect: %s",
+                               strerror(errno));
+    }
+    ret = rcolo_cm_wait(pch, RDMA_CM_EVENT_ESTABLISHED,
+                        rcolo_deadline_ms(deadline), s->abort_fd, reply,
+                        &reply_len, &status, err);
+    if (ret == -ECONNREFUSED) {
+        int why = rcolo_rej_decode(reply, reply_len);
+        if (why > 0) {
+            return rcolo_set_error(err, -ECONNREFUSED,
+                                   "secondary at %s:%s refused the "
+                                   "connection: %s",
+                                   s->uri.host, s->uri.port,
+                                   rcolo_reject_str(why));
+        }
+        return rcolo_set_error(err, -ECONNREFUSED,
+                               "connection to %s:%s refused (nobody "
+                               "listening there?)",
+                               s->uri.host, s->uri.port);
+    }
+    if (ret) {
+        return ret;
+    }
+    if (rep && rcolo_rep_decode(reply, reply_len, rep)) {
+        return rcolo_set_error(err, -EPROTO,
+                               "secondary's accept reply is malformed");
+    }
+    if (rdma_migrate_id(id, s->cm)) {
+        return rcolo_set_error(err, -errno, "rdma_migrate_id: %s",
+                               strerror(errno));
+    }
+    return 0;
+}
+
+int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
+                  struct rcolo_session **out, struct rcolo_error *err)
+{
+    int64_t deadline = rcolo_deadline(timeout_ms);
+    struct rdma_event_channel *pch = NULL;
+    struct rdma_cm_id *id = NULL;
+    struct rcolo_rep rep;
+    struct rcolo_session *s;
+    int ret;
+
+    *out = NULL;
+    if (strcmp(uri->port, "0") == 0) {
+        return rcolo_set_error(err, -EINVAL, "cannot connect to port 0");
+    }
+    ret = no_device_error(err);
+    if (ret) {
+        return ret;
+    }
+    s = rcolo_session_new(RCOLO_PRIMARY, uri);
+    s->cm = rdma_create_event_channel();
+    if (!s->cm) {
+        ret = rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
+                              strerror(errno));
+        goto fail;
+    }
+    fcntl(s->cm->fd, F_SETFL, fcntl(s->cm->fd, F_GETFL) | O_NONBLOCK);
+
+    ret = connect_resolve(s, &pch, &id, deadline, err);
+    if (ret) {
+        goto fail;
+    }
+    ret = ctl_setup(s, id, err);
+    if (ret) {
+        goto fail;
+    }
+    struct rcolo_req req = {
+        .version = RCOLO_PROTOCOL_VERSION,
+        .role = RCOLO_CONN_CONTROL,
+        .channels = (uint16_t)uri->channels,
+        .depth = (uint16_t)uri->depth,
+    };
+    if (rcolo_test_hook_armed == RCOLO_TEST_BAD_VERSION) {
+        req.version++;
+    }
+    memcpy(req.token_hash, s->token_hash, RCOLO_TOKEN_HASH_LEN);
+    ret = connect_finish(s, pch, id, &req, &rep, deadline, err);
+    if (ret) {
+        goto fail;
+    }
+    rdma_destroy_event_channel(pch);
+    pch = NULL;
+    s->channels = rep.channels;
+    s->depth = rep.depth;
+    s->nonce = rep.nonce;
+    s->ctl_established = true;
+
+    ret = rcolo_session_start_thread(s, err);
+    if (ret) {
+        goto fail;
+    }
+    /* The region table is the secondary's first message. */
+    pthread_mutex_lock(&s->lock);
+    while (!s->table_received && s->status == 0) {
+        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
+            rcolo_session_fail_locked(s, -ETIMEDOUT,
+                                      "no region table from the secondary");
+        }
+    }
+    if (s->status == 0) {
+        s->state = RCOLO_SESSION_READY;
+    }
+    ret = s->status;
+    if (ret) {
+        session_error(s, err);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (ret) {
+        goto fail;
+    }
+    *out = s;
+    return 0;
+
+fail:
+    if (id && s->ctl_id != id) {
+        rdma_destroy_id(id);
+    }
+    if (pch) {
+        /* The id (ctl_id) still lives on pch: destroy it before pch. */
+        ctl_teardown(s);
+        rcolo_stream_fini(s);
+        rdma_destroy_event_channel(pch);
+    }
+    rcolo_session_destroy(s);
+    return ret;
+}
+
+int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
+                          int timeout_ms, struct rcolo_channel **out,
+                          struct rcolo_error *err)
+{
+    int64_t deadline = rcolo_deadline(timeout_ms);
+    struct rdma_event_channel *pch = NULL;
+    struct rcolo_channel *ch;
+    int ret;
+
+    *out = NULL;
+    if (s->role != RCOLO_PRIMARY || index >= s->channels) {
+        return rcolo_set_error(err, -EINVAL,
+                               "bad channel index %u (session has %u)", index,
+                               s->channels);
+    }
+    if (s->status) {
+        return session_error(s, err);
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->chan[index]) {
+        pthread_mutex_unlock(&s->lock);
+        return rcolo_set_error(err, -EEXIST, "channel %u already connected",
+                               index);
+    }
+    ch = g_new0(struct rcolo_channel, 1);
+    ch->s = s;
+    ch->index = index;
+    ch->state = RCOLO_CHAN_CONNECTING;
+    s->chan[index] = ch; /* reserve the index */
+    pthread_mutex_unlock(&s->lock);
+
+    ret = connect_resolve(s, &pch, &ch->id, deadline, err);
+    if (ret == 0) {
+        ch->id->context = ch;
+        ret = rcolo_channel_setup(ch, err);
+    }
+    if (ret == 0) {
+        struct rcolo_req req = {
+            .version = RCOLO_PROTOCOL_VERSION,
+            .role = RCOLO_CONN_DATA,
+            .index = (uint16_t)index,
+            .nonce = s->nonce,
+        };
+        memcpy(req.token_hash, s->token_hash, RCOLO_TOKEN_HASH_LEN);
+        ret = connect_finish(s, pch, ch->id, &req, NULL, deadline, err);
+    }
+    if (ret) {
+        pthread_mutex_lock(&s->lock);
+        s->chan[index] = NULL;
+        pthread_mutex_unlock(&s->lock);
+        rcolo_channel_free(ch);
+        if (pch) {
+            rdma_destroy_event_channel(pch);
+        }
+        return ret;
+    }
+    rdma_destroy_event_channel(pch);
+    pthread_mutex_lock(&s->lock);
+    ch->state = RCOLO_CHAN_ESTABLISHED;
+    pthread_mutex_unlock(&s->lock);
+    *out = ch;
+    return 0;
+}
+
+/* ---------------------------------------------------- shutdown/destroy */
+
+void rcolo_session_shutdown(struct rcolo_session *s)
+{
+    if (!s) {
+        return;
+    }
+    /* Failing the session wakes every waiter and disconnects. */
+    rcolo_session_fail(s, -ESHUTDOWN, "session shut down");
+    session_wake(s);
+}
+
+void rcolo_session_destroy(struct rcolo_session *s)
+{
+    if (!s) {
+        return;
+    }
+    if (s->thread_started) {
+        pthread_mutex_lock(&s->lock);
+        s->thread_stop = true;
+        pthread_mutex_unlock(&s->lock);
+        session_wake(s);
+        pthread_join(s->thread, NULL);
+        s->thread_started = false;
+    }
+    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+        if (s->chan[i]) {
+            if (s->chan[i]->id && s->chan[i]->state == RCOLO_CHAN_ESTABLISHED) {
+                rdma_disconnect(s->chan[i]->id);
+            }
+            rcolo_channel_free(s->chan[i]);
+            s->chan[i] = NULL;
+        }
+    }
+    if (s->ctl_id && s->ctl_established) {
+        rdma_disconnect(s->ctl_id);
+    }
+    ctl_teardown(s);
+    rcolo_stream_fini(s);
+    if (s->listen_id) {
+        rdma_destroy_id(s->listen_id);
+    }
+    if (s->regions) {
+        g_hash_table_destroy(s->regions); /* deregisters */
+    }
+    g_free(s->remote);
+    if (s->pd) {
+        ibv_dealloc_pd(s->pd);
+    }
+    if (s->cm) {
+        rdma_destroy_event_channel(s->cm);
+    }
+    close(s->wake_fd);
+    close(s->abort_fd);
+    close(s->stream.fd);
+    pthread_mutex_destroy(&s->stream.write_lock);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->cond);
+    g_free(s);
+}

@@ -1,0 +1,216 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * rdma-colo:HOST:PORT[?key=value&...] parsing.  Strict: every part is
+ * checked and the first problem is reported by name.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define SCHEME "rdma-colo:"
+
+static int uri_fail(struct rcolo_error *err, const char *text, const char *what)
+{
+    /* The reason first: a long URI must not push it out of the message. */
+    return rcolo_set_error(err, -EINVAL,
+                           "invalid rdma-colo URI: %s (in '%.80s%s')", what,
+                           text, strlen(text) > 80 ? "..." : "");
+}
+
+static bool parse_uint(const char *s, size_t len, unsigned long min,
+                       unsigned long max, unsigned *out)
+{
+    unsigned long v = 0;
+
+    if (len == 0 || len > 10) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return false;
+        }
+        v = v * 10 + (unsigned long)(s[i] - '0');
+    }
+    if (v < min || v > max) {
+        return false;
+    }
+    *out = (unsigned)v;
+    return true;
+}
+
+static bool token_char_ok(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '~' ||
+           c == '-';
+}
+
+static bool host_char_ok(char c)
+{
+    return token_char_ok(c);
+}
+
+static int parse_options(const char *text, const char *opts,
+                         struct rcolo_uri *uri, struct rcolo_error *err)
+{
+    char msg[128];
+    bool seen_channels = false, seen_depth = false, seen_token = false;
+    const char *p = opts;
+
+    while (*p) {
+        const char *end = strchr(p, '&');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', len);
+        if (!eq) {
+            snprintf(msg, sizeof(msg), "option '%.*s' has no value", (int)len,
+                     p);
+            return uri_fail(err, text, msg);
+        }
+        size_t klen = (size_t)(eq - p);
+        const char *val = eq + 1;
+        size_t vlen = len - klen - 1;
+
+        if (klen == 8 && !memcmp(p, "channels", 8)) {
+            if (seen_channels ||
+                !parse_uint(val, vlen, 1, RCOLO_MAX_CHANNELS, &uri->channels)) {
+                snprintf(msg, sizeof(msg), "channels must be given once, 1..%d",
+                         RCOLO_MAX_CHANNELS);
+                return uri_fail(err, text, msg);
+            }
+            seen_channels = true;
+        } else if (klen == 5 && !memcmp(p, "depth", 5)) {
+            if (seen_depth ||
+                !parse_uint(val, vlen, 2, RCOLO_MAX_DEPTH, &uri->depth)) {
+                snprintf(msg, sizeof(msg), "depth must be given once, 2..%d",
+                         RCOLO_MAX_DEPTH);
+                return uri_fail(err, text, msg);
+            }
+            seen_depth = true;
+        } else if (klen == 5 && !memcmp(p, "token", 5)) {
+            if (seen_token || vlen == 0 || vlen > RCOLO_MAX_TOKEN) {
+                snprintf(msg, sizeof(msg),
+                         "token must be given once, 1..%d characters",
+                         RCOLO_MAX_TOKEN);
+                return uri_fail(err, text, msg);
+            }
+            for (size_t i = 0; i < vlen; i++) {
+                if (!token_char_ok(val[i])) {
+                    return uri_fail(
+                        err, text,
+                        "token may only contain A-Z a-z 0-9 . _ ~ -");
+                }
+            }
+            memcpy(uri->token, val, vlen);
+            uri->token[vlen] = '\0';
+            seen_token = true;
+        } else {
+            snprintf(msg, sizeof(msg),
+                     "unknown option '%.*s' (known: channels, depth, token)",
+                     (int)klen, p);
+            return uri_fail(err, text, msg);
+        }
+        if (!end) {
+            break;
+        }
+        p = end + 1;
+        if (!*p) {
+            return uri_fail(err, text, "trailing '&'");
+        }
+    }
+    return 0;
+}
+
+int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
+                    struct rcolo_error *err)
+{
+    const char *p, *host, *host_end, *port, *port_end;
+    unsigned port_num;
+
+    if (!text || !uri) {
+        return rcolo_set_error(err, -EINVAL, "invalid rdma-colo URI: NULL");
+    }
+    memset(uri, 0, sizeof(*uri));
+    uri->channels = 4;
+    uri->depth = 64;
+
+    if (strncmp(text, SCHEME, strlen(SCHEME)) != 0) {
+        return uri_fail(err, text, "must start with 'rdma-colo:'");
+    }
+    p = text + strlen(SCHEME);
+
+    if (*p == '[') {
+        host = p + 1;
+        host_end = strchr(host, ']');
+        if (!host_end) {
+            return uri_fail(err, text, "IPv6 address lacks ']'");
+        }
+        if (host_end == host) {
+            return uri_fail(err, text, "empty IPv6 address");
+        }
+        for (const char *c = host; c < host_end; c++) {
+            /* hex digits, ':', '.', and a %zone of interface characters */
+            if (!(token_char_ok(*c) || *c == ':' || *c == '%')) {
+                return uri_fail(err, text, "bad character in IPv6 address");
+            }
+        }
+        if (!memchr(host, ':', (size_t)(host_end - host))) {
+            return uri_fail(err, text, "brackets are for IPv6 addresses");
+        }
+        p = host_end + 1;
+        if (*p != ':') {
+            return uri_fail(err, text, "expected ':PORT' after ']'");
+        }
+    } else {
+        host = p;
+        host_end = strchr(p, ':');
+        if (!host_end) {
+            return uri_fail(err, text, "expected HOST:PORT");
+        }
+        if (host_end == host) {
+            return uri_fail(err, text, "empty host");
+        }
+        for (const char *c = host; c < host_end; c++) {
+            if (!host_char_ok(*c)) {
+                return uri_fail(
+                    err, text, "bad character in host (IPv6 needs [brackets])");
+            }
+        }
+        p = host_end;
+    }
+    if ((size_t)(host_end - host) >= sizeof(uri->host)) {
+        return uri_fail(err, text, "host name too long");
+    }
+    memcpy(uri->host, host, (size_t)(host_end - host));
+
+    port = p + 1;
+    port_end = port + strcspn(port, "?");
+    if (!parse_uint(port, (size_t)(port_end - port), 0, 65535, &port_num)) {
+        return uri_fail(err, text, "port must be a number 0..65535");
+    }
+    snprintf(uri->port, sizeof(uri->port), "%u", port_num);
+
+    if (*port_end == '?') {
+        if (!port_end[1]) {
+            return uri_fail(err, text, "empty option list after '?'");
+        }
+        return parse_options(text, port_end + 1, uri, err);
+    }
+    return 0;
+}
+
+int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size)
+{
+    bool v6 = strchr(uri->host, ':') != NULL;
+    int n = snprintf(buf, size, SCHEME "%s%s%s:%s?channels=%u&depth=%u",
+                     v6 ? "[" : "", uri->host, v6 ? "]" : "", uri->port,
+                     uri->channels, uri->depth);
+
+    if (n < 0 || (size_t)n >= size) {
+        return -ENOSPC;
+    }
+    return n;
+}

@@ -1,0 +1,498 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Wire encoding and strict decoding.  See wire.h and docs/protocol.md.
+ */
+#include <endian.h>
+#include <errno.h>
+#include <string.h>
+
+#include <glib.h>
+
+#include "wire.h"
+
+static void put8(uint8_t **p, uint8_t v)
+{
+    *(*p)++ = v;
+}
+
+static void put16(uint8_t **p, uint16_t v)
+{
+    v = htobe16(v);
+    memcpy(*p, &v, 2);
+    *p += 2;
+}
+
+static void put32(uint8_t **p, uint32_t v)
+{
+    v = htobe32(v);
+    memcpy(*p, &v, 4);
+    *p += 4;
+}
+
+static void put64(uint8_t **p, uint64_t v)
+{
+    v = htobe64(v);
+    memcpy(*p, &v, 8);
+    *p += 8;
+}
+
+static uint8_t get8(const uint8_t **p)
+{
+    return *(*p)++;
+}
+
+static uint16_t get16(const uint8_t **p)
+{
+    uint16_t v;
+    memcpy(&v, *p, 2);
+    *p += 2;
+    return be16toh(v);
+}
+
+static uint32_t get32(const uint8_t **p)
+{
+    uint32_t v;
+    memcpy(&v, *p, 4);
+    *p += 4;
+    return be32toh(v);
+}
+
+static uint64_t get64(const uint8_t **p)
+{
+    uint64_t v;
+    memcpy(&v, *p, 8);
+    *p += 8;
+    return be64toh(v);
+}
+
+void rcolo_token_hash(const char *token, uint8_t out[RCOLO_TOKEN_HASH_LEN])
+{
+    GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
+    gsize len = RCOLO_TOKEN_HASH_LEN;
+
+    /* Domain-separate from other uses of the same secret. */
+    g_checksum_update(c, (const guchar *)"rdma-colo token v1", 18);
+    g_checksum_update(c, (const guchar *)(token ? token : ""),
+                      token ? strlen(token) : 0);
+    g_checksum_get_digest(c, out, &len);
+    g_checksum_free(c);
+}
+
+/* ---------------------------------------------------------------- CM */
+
+size_t rcolo_req_encode(const struct rcolo_req *r, uint8_t *buf, size_t size)
+{
+    uint8_t *p = buf;
+
+    if (size < RCOLO_WIRE_REQ_LEN) {
+        return 0;
+    }
+    put32(&p, RCOLO_MAGIC);
+    put8(&p, r->version);
+    put8(&p, (uint8_t)r->role);
+    put16(&p, r->index);
+    put16(&p, r->channels);
+    put16(&p, r->depth);
+    put64(&p, r->nonce);
+    memcpy(p, r->token_hash, RCOLO_REQ_HASH_BYTES);
+    p += RCOLO_REQ_HASH_BYTES;
+    return (size_t)(p - buf);
+}
+
+enum rcolo_reject_reason rcolo_req_decode(const void *buf, size_t len,
+                                          struct rcolo_req *r)
+{
+    const uint8_t *p = buf;
+
+    /* rdma_cm may pad private data with zeros: longer is fine. */
+    if (!buf || len < RCOLO_WIRE_REQ_LEN) {
+        return RCOLO_REJ_BAD_MAGIC;
+    }
+    if (get32(&p) != RCOLO_MAGIC) {
+        return RCOLO_REJ_BAD_MAGIC;
+    }
+    memset(r, 0, sizeof(*r));
+    r->version = get8(&p);
+    if (r->version != RCOLO_PROTOCOL_VERSION) {
+        return RCOLO_REJ_BAD_VERSION;
+    }
+    uint8_t role = get8(&p);
+    r->index = get16(&p);
+    r->channels = get16(&p);
+    r->depth = get16(&p);
+    r->nonce = get64(&p);
+    memcpy(r->token_hash, p, RCOLO_REQ_HASH_BYTES);
+    if (role == RCOLO_CONN_CONTROL) {
+        r->role = RCOLO_CONN_CONTROL;
+        if (r->index != 0 || r->channels < 1 ||
+            r->channels > RCOLO_MAX_CHANNELS || r->depth < 2 ||
+            r->depth > RCOLO_MAX_DEPTH) {
+            return RCOLO_REJ_BAD_PARAMS;
+        }
+    } else if (role == RCOLO_CONN_DATA) {
+        r->role = RCOLO_CONN_DATA;
+        if (r->index >= RCOLO_MAX_CHANNELS) {
+            return RCOLO_REJ_BAD_CHANNEL;
+        }
+    } else {
+        return RCOLO_REJ_BAD_ROLE;
+    }
+    return RCOLO_REJ_NONE;
+}
+
+size_t rcolo_rep_encode(const struct rcolo_rep *r, uint8_t *buf, size_t size)
+{
+    uint8_t *p = buf;
+
+    if (size < RCOLO_WIRE_REP_LEN) {
+        return 0;
+    }
+    put32(&p, RCOLO_MAGIC);
+    put8(&p, RCOLO_PROTOCOL_VERSION);
+    put8(&p, 0);
+    put16(&p, r->channels);
+    put16(&p, r->depth);
+    put64(&p, r->nonce);
+    return (size_t)(p - buf);
+}
+
+int rcolo_rep_decode(const void *buf, size_t len, struct rcolo_rep *r)
+{
+    const uint8_t *p = buf;
+
+    if (!buf || len < RCOLO_WIRE_REP_LEN || get32(&p) != RCOLO_MAGIC ||
+        get8(&p) != RCOLO_PROTOCOL_VERSION || get8(&p) != 0) {
+        return -EPROTO;
+    }
+    r->channels = get16(&p);
+    r->depth = get16(&p);
+    r->nonce = get64(&p);
+    if (r->channels < 1 || r->channels > RCOLO_MAX_CHANNELS || r->depth < 2 ||
+        r->depth > RCOLO_MAX_DEPTH) {
+        return -EPROTO;
+    }
+    return 0;
+}
+
+size_t rcolo_rej_encode(enum rcolo_reject_reason why, uint8_t *buf, size_t size)
+{
+    uint8_t *p = buf;
+
+    if (size < RCOLO_WIRE_REJ_LEN) {
+        return 0;
+    }
+    put32(&p, RCOLO_MAGIC);
+    put8(&p, RCOLO_PROTOCOL_VERSION);
+    put8(&p, (uint8_t)why);
+    put16(&p, 0);
+    return (size_t)(p - buf);
+}
+
+int rcolo_rej_decode(const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+
+    if (!buf || len < RCOLO_WIRE_REJ_LEN || get32(&p) != RCOLO_MAGIC) {
+        return -EPROTO;
+    }
+    (void)get8(&p); /* any version may tell us why it refused */
+    uint8_t why = get8(&p);
+    if (why == RCOLO_REJ_NONE || why >= RCOLO_REJ__MAX) {
+        return -EPROTO;
+    }
+    return why;
+}
+
+const char *rcolo_reject_str(int reason)
+{
+    switch (reason) {
+    case RCOLO_REJ_BAD_MAGIC:
+        return "not an rdma-colo connection";
+    case RCOLO_REJ_BAD_VERSION:
+        return "protocol version mismatch";
+    case RCOLO_REJ_BAD_TOKEN:
+        return "wrong session token";
+    case RCOLO_REJ_BAD_ROLE:
+        return "unknown connection role";
+    case RCOLO_REJ_BUSY:
+        return "a primary is already connected";
+    case RCOLO_REJ_BAD_CHANNEL:
+        return "bad or duplicate channel index";
+    case RCOLO_REJ_BAD_NONCE:
+        return "channel does not belong to the session";
+    case RCOLO_REJ_NO_RESOURCES:
+        return "secondary is out of resources";
+    case RCOLO_REJ_BAD_PARAMS:
+        return "channel count or depth out of range";
+    default:
+        return "unknown reason";
+    }
+}
+
+/* ---------------------------------------------------------- messages */
+
+static void hdr_put(uint8_t **p, uint8_t type, uint8_t flags, uint16_t credits,
+                    uint32_t length)
+{
+    put8(p, type);
+    put8(p, flags);
+    put16(p, credits);
+    put32(p, length);
+}
+
+int rcolo_hdr_decode(const void *buf, size_t len, struct rcolo_hdr *h)
+{
+    const uint8_t *p = buf;
+
+    if (!buf || len < RCOLO_HDR_LEN) {
+        return -EPROTO;
+    }
+    h->type = get8(&p);
+    h->flags = get8(&p);
+    h->credits = get16(&p);
+    h->length = get32(&p);
+    if (h->type == 0 || h->type >= RCOLO_MSG__MAX || h->length != len) {
+        return -EPROTO;
+    }
+    return 0;
+}
+
+size_t rcolo_desc_encode(uint8_t *buf, size_t size, bool fence,
+                         uint32_t region_id, uint64_t seq,
+                         const uint64_t *offsets, uint32_t n,
+                         const uint64_t *zero, uint32_t nzero)
+{
+    uint8_t *p = buf;
+    size_t len;
+
+    if ((uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES) {
+        return 0;
+    }
+    len = RCOLO_DESC_FIXED_LEN + 8 * ((size_t)n + nzero);
+    if (size < len) {
+        return 0;
+    }
+    hdr_put(&p, RCOLO_MSG_DESC, fence ? RCOLO_DESC_FLAG_FENCE : 0, 0,
+            (uint32_t)len);
+    put32(&p, region_id);
+    put32(&p, n);
+    put32(&p, nzero);
+    put32(&p, 0);
+    put64(&p, seq);
+    for (uint32_t i = 0; i < n; i++) {
+        put64(&p, offsets[i]);
+    }
+    for (uint32_t i = 0; i < nzero; i++) {
+        put64(&p, zero[i]);
+    }
+    return len;
+}
+
+int rcolo_desc_decode(const void *buf, size_t len, struct rcolo_desc_view *d)
+{
+    struct rcolo_hdr h;
+    const uint8_t *p = buf;
+
+    if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_DESC ||
+        len < RCOLO_DESC_FIXED_LEN || (h.flags & ~RCOLO_DESC_FLAG_FENCE)) {
+        return -EPROTO;
+    }
+    p += RCOLO_HDR_LEN;
+    d->fence = h.flags & RCOLO_DESC_FLAG_FENCE;
+    d->region_id = get32(&p);
+    d->n = get32(&p);
+    d->nzero = get32(&p);
+    if (get32(&p) != 0) {
+        return -EPROTO;
+    }
+    d->seq = get64(&p);
+    /* Counts first, in 64 bits, so no product can wrap. */
+    if ((uint64_t)d->n + d->nzero > RCOLO_MAX_DESC_PAGES ||
+        len != RCOLO_DESC_FIXED_LEN + 8 * ((uint64_t)d->n + d->nzero)) {
+        return -EPROTO;
+    }
+    if (d->fence && (d->n || d->nzero)) {
+        return -EPROTO; /* a fence names no pages */
+    }
+    d->offsets_be = p;
+    return 0;
+}
+
+int rcolo_desc_offsets(const struct rcolo_desc_view *d, uint64_t *out,
+                       uint64_t region_len, uint32_t page_size, uint32_t *bad)
+{
+    const uint8_t *p = d->offsets_be;
+    uint32_t total = d->n + d->nzero;
+
+    for (uint32_t i = 0; i < total; i++) {
+        uint64_t off = get64(&p);
+        if ((off & (page_size - 1)) || off >= region_len ||
+            region_len - off < page_size) {
+            if (bad) {
+                *bad = i;
+            }
+            return -EPROTO;
+        }
+        out[i] = off;
+    }
+    return 0;
+}
+
+size_t rcolo_fence_ack_encode(uint8_t *buf, size_t size, uint64_t seq,
+                              uint16_t credits)
+{
+    uint8_t *p = buf;
+
+    if (size < RCOLO_FENCE_ACK_LEN) {
+        return 0;
+    }
+    hdr_put(&p, RCOLO_MSG_FENCE_ACK, 0, credits, RCOLO_FENCE_ACK_LEN);
+    put64(&p, seq);
+    return RCOLO_FENCE_ACK_LEN;
+}
+
+int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq)
+{
+    struct rcolo_hdr h;
+    const uint8_t *p = buf;
+
+    if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_FENCE_ACK ||
+        len != RCOLO_FENCE_ACK_LEN || h.flags) {
+        return -EPROTO;
+    }
+    p += RCOLO_HDR_LEN;
+    *seq = get64(&p);
+    return 0;
+}
+
+size_t rcolo_credit_encode(uint8_t *buf, size_t size, uint16_t credits)
+{
+    uint8_t *p = buf;
+
+    if (size < RCOLO_HDR_LEN) {
+        return 0;
+    }
+    hdr_put(&p, RCOLO_MSG_CREDIT, 0, credits, RCOLO_HDR_LEN);
+    return RCOLO_HDR_LEN;
+}
+
+size_t rcolo_stream_hdr_encode(uint8_t *buf, uint8_t type, uint32_t payload,
+                               uint16_t credits)
+{
+    uint8_t *p = buf;
+
+    hdr_put(&p, type, 0, credits, RCOLO_HDR_LEN + payload);
+    return RCOLO_HDR_LEN;
+}
+
+/* ----------------------------------------------------- region table */
+
+size_t rcolo_region_table_len(uint32_t count)
+{
+    return RCOLO_REGION_TABLE_FIXED_LEN +
+           (size_t)count * RCOLO_REGION_ENTRY_LEN;
+}
+
+size_t rcolo_region_table_encode(uint8_t *buf, size_t size,
+                                 const struct rcolo_region_entry *e,
+                                 uint32_t count)
+{
+    size_t len = rcolo_region_table_len(count);
+    uint8_t *p = buf;
+
+    if (count > RCOLO_MAX_REGIONS || size < len) {
+        return 0;
+    }
+    hdr_put(&p, RCOLO_MSG_REGION_TABLE, 0, 0, (uint32_t)len);
+    put32(&p, count);
+    put32(&p, 0);
+    for (uint32_t i = 0; i < count; i++) {
+        put32(&p, e[i].id);
+        put32(&p, e[i].page_size);
+        put64(&p, e[i].length);
+        put64(&p, e[i].addr);
+        put32(&p, e[i].rkey);
+        put32(&p, 0);
+        memset(p, 0, RCOLO_MAX_NAME + 1);
+        memcpy(p, e[i].name, strnlen(e[i].name, RCOLO_MAX_NAME));
+        p += RCOLO_MAX_NAME + 1;
+    }
+    return len;
+}
+
+static bool page_size_ok(uint32_t ps)
+{
+    return ps >= 4096 && (ps & (ps - 1)) == 0;
+}
+
+int rcolo_region_table_decode(const void *buf, size_t len,
+                              struct rcolo_region_entry *out,
+                              uint32_t max_count)
+{
+    struct rcolo_hdr h;
+    const uint8_t *p = buf;
+    uint32_t count;
+
+    if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_REGION_TABLE ||
+        h.flags || len < RCOLO_REGION_TABLE_FIXED_LEN) {
+        return -EPROTO;
+    }
+    p += RCOLO_HDR_LEN;
+    count = get32(&p);
+    if (get32(&p) != 0 || count > RCOLO_MAX_REGIONS || count > max_count ||
+        len != rcolo_region_table_len(count)) {
+        return -EPROTO;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        struct rcolo_region_entry *e = &out[i];
+        e->id = get32(&p);
+        e->page_size = get32(&p);
+        e->length = get64(&p);
+        e->addr = get64(&p);
+        e->rkey = get32(&p);
+        if (get32(&p) != 0) {
+            return -EPROTO;
+        }
+        if (memchr(p, 0, RCOLO_MAX_NAME + 1) == NULL) {
+            return -EPROTO;
+        }
+        memcpy(e->name, p, RCOLO_MAX_NAME + 1);
+        p += RCOLO_MAX_NAME + 1;
+        if (!page_size_ok(e->page_size) || e->length == 0 ||
+            (e->length & (e->page_size - 1)) || e->addr + e->length < e->addr) {
+            return -EPROTO;
+        }
+        for (uint32_t j = 0; j < i; j++) {
+            if (out[j].id == e->id) {
+                return -EPROTO;
+            }
+        }
+    }
+    return (int)count;
+}
+
+/* -------------------------------------------------------- coalescing */
+
+unsigned rcolo_coalesce(const uint64_t *offsets, unsigned n, uint32_t page_size,
+                        uint64_t max_run, struct rcolo_run *runs,
+                        unsigned max_runs, unsigned *consumed)
+{
+    unsigned nr = 0, i = 0;
+
+    if (max_run < page_size) {
+        max_run = page_size;
+    }
+    while (i < n && nr < max_runs) {
+        struct rcolo_run *r = &runs[nr++];
+        r->offset = offsets[i];
+        r->length = page_size;
+        i++;
+        while (i < n && offsets[i] == r->offset + r->length &&
+               r->length + page_size <= max_run) {
+            r->length += page_size;
+            i++;
+        }
+    }
+    *consumed = i;
+    return nr;
+}

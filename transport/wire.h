@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Wire formats: connection private data and the messages on the control
+ * connection and the data channels.  Every multi-byte field is big-endian
+ * (network order, as QEMU's multifd packets).  Decoders validate every field
+ * against its limits before anything is used; see docs/protocol.md.
+ *
+ * This file is pure: no verbs, no allocation, no I/O, so the unit suite can
+ * feed it truncated, oversized and garbage input.
+ */
+#ifndef RCOLO_WIRE_H
+#define RCOLO_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rdma-colo.h"
+
+#define RCOLO_MAGIC 0x52434f4cu /* "RCOL" */
+
+/* --- connection private data (rdma_cm REQ / REP / REJ) ---------------- */
+
+enum rcolo_conn_role {
+    RCOLO_CONN_CONTROL = 1,
+    RCOLO_CONN_DATA = 2,
+};
+
+#define RCOLO_TOKEN_HASH_LEN 32 /* SHA-256 of the URI token */
+
+/*
+ * REQ (primary -> secondary, 40 bytes; RoCE rdma_cm allows 56):
+ *   magic u32, version u8, role u8, index u16, channels u16, depth u16,
+ *   nonce u64, token hash (first RCOLO_REQ_HASH_BYTES bytes)
+ * REP (secondary -> primary on accept, 18 bytes):
+ *   magic u32, version u8, status u8, channels u16, depth u16, nonce u64
+ * REJ (secondary -> primary, 8 bytes):
+ *   magic u32, version u8, reason u8, reserved u16
+ */
+#define RCOLO_REQ_HASH_BYTES 20
+#define RCOLO_WIRE_REQ_LEN   (20 + RCOLO_REQ_HASH_BYTES)
+#define RCOLO_WIRE_REP_LEN   18
+
+/* REJ reasons (secondary -> primary). */
+enum rcolo_reject_reason {
+    RCOLO_REJ_NONE = 0,
+    RCOLO_REJ_BAD_MAGIC = 1,
+    RCOLO_REJ_BAD_VERSION = 2,
+    RCOLO_REJ_BAD_TOKEN = 3,
+    RCOLO_REJ_BAD_ROLE = 4,
+    RCOLO_REJ_BUSY = 5,        /* a control connection is already up */
+    RCOLO_REJ_BAD_CHANNEL = 6, /* index out of range or already connected */
+    RCOLO_REJ_BAD_NONCE = 7,
+    RCOLO_REJ_NO_RESOURCES = 8, /* region registration or QP failed */
+    RCOLO_REJ_BAD_PARAMS = 9,   /* channels/depth out of range */
+    RCOLO_REJ__MAX
+};
+#define RCOLO_WIRE_REJ_LEN 8
+
+/* The whole REQ is encoded by hand; the struct is only the decoded view. */
+struct rcolo_req {
+    uint8_t version;
+    enum rcolo_conn_role role;
+    uint16_t index;
+    uint16_t channels;
+    uint16_t depth;
+    uint64_t nonce;
+    uint8_t token_hash[RCOLO_TOKEN_HASH_LEN];
+};
+
+struct rcolo_rep {
+    uint16_t channels;
+    uint16_t depth;
+    uint64_t nonce;
+};
+
+/* Token hash: SHA-256 of the token bytes. */
+void rcolo_token_hash(const char *token, uint8_t out[RCOLO_TOKEN_HASH_LEN]);
+
+size_t rcolo_req_encode(const struct rcolo_req *r, uint8_t *buf, size_t size);
+/* Returns RCOLO_REJ_NONE, or the reason the REQ must be rejected. */
+enum rcolo_reject_reason rcolo_req_decode(const void *buf, size_t len,
+                                          struct rcolo_req *r);
+
+size_t rcolo_rep_encode(const struct rcolo_rep *r, uint8_t *buf, size_t size);
+int rcolo_rep_decode(const void *buf, size_t len, struct rcolo_rep *r);
+
+size_t rcolo_rej_encode(enum rcolo_reject_reason why, uint8_t *buf,
+                        size_t size);
+/* Returns the reason, or -EPROTO if @buf is not ours. */
+int rcolo_rej_decode(const void *buf, size_t len);
+const char *rcolo_reject_str(int reason);
+
+/* --- messages (SEND/RECV) --------------------------------------------- */
+
+enum rcolo_msg_type {
+    RCOLO_MSG_DESC = 1,         /* data: pages placed, or fence */
+    RCOLO_MSG_FENCE_ACK = 2,    /* data: secondary -> primary */
+    RCOLO_MSG_CREDIT = 3,       /* data or control: receive slots freed */
+    RCOLO_MSG_REGION_TABLE = 4, /* control: secondary -> primary */
+    RCOLO_MSG_STREAM = 5,       /* control: stream bytes (+ credits) */
+    RCOLO_MSG_STREAM_END = 6,   /* control: end of stream */
+    RCOLO_MSG__MAX
+};
+
+/* Every message starts with this 8-byte header. */
+#define RCOLO_HDR_LEN 8
+struct rcolo_hdr {
+    uint8_t type;
+    uint8_t flags;
+    uint16_t credits; /* receive slots the sender freed (piggy-backed) */
+    uint32_t length;  /* whole message, header included */
+};
+
+#define RCOLO_DESC_FLAG_FENCE 0x01
+
+/* DESC: header, region id, normal count, zero count, reserved, seq, then
+ * (normal + zero) 64-bit offsets. */
+#define RCOLO_DESC_FIXED_LEN (RCOLO_HDR_LEN + 24)
+#define RCOLO_DESC_MAX_LEN   (RCOLO_DESC_FIXED_LEN + 8 * RCOLO_MAX_DESC_PAGES)
+
+struct rcolo_desc_view {
+    bool fence;
+    uint32_t region_id;
+    uint32_t n;
+    uint32_t nzero;
+    uint64_t seq;
+    const uint8_t *offsets_be; /* n + nzero big-endian u64, unaligned */
+};
+
+size_t rcolo_desc_encode(uint8_t *buf, size_t size, bool fence,
+                         uint32_t region_id, uint64_t seq,
+                         const uint64_t *offsets, uint32_t n,
+                         const uint64_t *zero, uint32_t nzero);
+/* Structure only (lengths, counts); regions are checked by the caller
+ * with rcolo_desc_check_bounds.  Returns 0 or -EPROTO. */
+int rcolo_desc_decode(const void *buf, size_t len, struct rcolo_desc_view *d);
+
+/* Decode the offsets into @out (n + nzero entries) and check that each is
+ * page-aligned and the page lies inside [0, region_len).  Returns 0 or
+ * -EPROTO (with the index of the first bad offset in *bad). */
+int rcolo_desc_offsets(const struct rcolo_desc_view *d, uint64_t *out,
+                       uint64_t region_len, uint32_t page_size, uint32_t *bad);
+
+/* FENCE_ACK: header + seq (of the fence descriptor). */
+#define RCOLO_FENCE_ACK_LEN (RCOLO_HDR_LEN + 8)
+size_t rcolo_fence_ack_encode(uint8_t *buf, size_t size, uint64_t seq,
+                              uint16_t credits);
+int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq);
+
+/* CREDIT: header only. */
+size_t rcolo_credit_encode(uint8_t *buf, size_t size, uint16_t credits);
+
+/* Generic header decode: checks type range and that length == @len (the
+ * received byte count) and >= the header.  Returns 0 or -EPROTO. */
+int rcolo_hdr_decode(const void *buf, size_t len, struct rcolo_hdr *h);
+
+/* REGION_TABLE: header, count, reserved, then count entries of
+ * RCOLO_REGION_ENTRY_LEN bytes. */
+#define RCOLO_REGION_ENTRY_LEN       96
+#define RCOLO_REGION_TABLE_FIXED_LEN (RCOLO_HDR_LEN + 8)
+
+struct rcolo_region_entry {
+    uint32_t id;
+    uint32_t page_size;
+    uint64_t length;
+    uint64_t addr;
+    uint32_t rkey;
+    char name[RCOLO_MAX_NAME + 1];
+};
+
+size_t rcolo_region_table_len(uint32_t count);
+size_t rcolo_region_table_encode(uint8_t *buf, size_t size,
+                                 const struct rcolo_region_entry *e,
+                                 uint32_t count);
+/* Decodes and validates every entry (page size a power of two >= 4096,
+ * length a non-zero multiple of it, addr + length does not wrap, name
+ * NUL-terminated, ids unique).  Returns the count or -EPROTO. */
+int rcolo_region_table_decode(const void *buf, size_t len,
+                              struct rcolo_region_entry *out,
+                              uint32_t max_count);
+
+/* STREAM: header + payload. */
+#define RCOLO_STREAM_HDR_LEN RCOLO_HDR_LEN
+size_t rcolo_stream_hdr_encode(uint8_t *buf, uint8_t type, uint32_t payload,
+                               uint16_t credits);
+
+/* --- page-run coalescing ------------------------------------------------ */
+
+struct rcolo_run {
+    uint64_t offset;
+    uint64_t length;
+};
+
+/*
+ * Group @n page offsets into runs of contiguous pages, in the given order (a
+ * run grows while the next offset directly follows it and it stays within
+ * @max_run bytes).  Writes at most @max_runs runs and returns how many;
+ * *consumed is set to the number of offsets covered.
+ */
+unsigned rcolo_coalesce(const uint64_t *offsets, unsigned n, uint32_t page_size,
+                        uint64_t max_run, struct rcolo_run *runs,
+                        unsigned max_runs, unsigned *consumed);
+
+/* --- credits ------------------------------------------------------------ */
+
+/*
+ * Sender-side view of the peer's preposted receive slots.  take() consumes
+ * one (false if none), give() adds what the peer returned and refuses more
+ * than the peer ever had (a protocol error).
+ */
+struct rcolo_credits {
+    uint32_t avail;
+    uint32_t limit;
+};
+
+static inline void rcolo_credits_init(struct rcolo_credits *c, uint32_t n)
+{
+    c->avail = n;
+    c->limit = n;
+}
+
+static inline bool rcolo_credits_take(struct rcolo_credits *c)
+{
+    if (c->avail == 0) {
+        return false;
+    }
+    c->avail--;
+    return true;
+}
+
+static inline bool rcolo_credits_give(struct rcolo_credits *c, uint32_t n)
+{
+    if (n > c->limit - c->avail) {
+        return false;
+    }
+    c->avail += n;
+    return true;
+}
+
+/*
+ * Receiver side: slots consumed since the last credit return; returns the
+ * number to send back now (0: keep accumulating).  Batching amortizes the
+ * return message: the receiver answers once per @batch slots.
+ */
+struct rcolo_credit_return {
+    uint32_t pending;
+    uint32_t batch;
+};
+
+static inline uint32_t rcolo_credit_return_add(struct rcolo_credit_return *r,
+                                               uint32_t n)
+{
+    r->pending += n;
+    if (r->pending >= r->batch) {
+        uint32_t give = r->pending;
+        r->pending = 0;
+        return give;
+    }
+    return 0;
+}
+
+#endif /* RCOLO_WIRE_H */
