@@ -5,6 +5,7 @@
  * Nothing here allocates or prints once the channel is set up.
  */
 #include <errno.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -19,9 +20,11 @@
 /* Control messages (CREDIT, FENCE_ACK) are 16 bytes at most. */
 #define RCOLO_CTL_MSG_SIZE   64
 #define RCOLO_CTL_SEND_SLOTS 8
-/* Busy-poll this long before sleeping on the completion channel: a fence
- * round trip is shorter than a sleep/wake-up. */
-#define RCOLO_SPIN_NS 20000
+/* Busy-poll this long before sleeping on the completion channel: the next
+ * completion often follows within microseconds, and a sleep/wake-up costs
+ * more.  A fence waits longer: it is on the checkpoint's critical path. */
+#define RCOLO_SPIN_NS       20000
+#define RCOLO_FENCE_SPIN_NS 200000
 
 static uint32_t credit_batch(uint32_t depth)
 {
@@ -240,18 +243,34 @@ static int chan_progress(struct rcolo_channel *ch)
  * (woken early by a session failure).  Returns > 0 on progress, 0 on
  * timeout, or the session error.
  */
-static int chan_block(struct rcolo_channel *ch, int64_t deadline)
+static int chan_block_spin(struct rcolo_channel *ch, int64_t deadline,
+                           int64_t spin_ns)
 {
     struct rcolo_session *s = ch->s;
-    int64_t spin_end = rcolo_now_ns() + RCOLO_SPIN_NS;
+    int64_t spin_end = rcolo_now_ns() + spin_ns;
     int n;
 
-    do {
+    for (;;) {
         n = chan_progress(ch);
         if (n) {
             return n;
         }
-    } while (rcolo_now_ns() < spin_end);
+        if (__atomic_load_n(&s->busy_poll, __ATOMIC_ACQUIRE)) {
+            if (rcolo_session_status(s)) {
+                return rcolo_session_status(s);
+            }
+            if (deadline >= 0 && rcolo_now_ns() >= deadline) {
+                return 0;
+            }
+            /* More pollers than CPUs must not starve the ones with work
+             * (or the kernel's softirq, which is the device under rxe). */
+            sched_yield();
+            continue;
+        }
+        if (rcolo_now_ns() >= spin_end) {
+            break;
+        }
+    }
 
     for (;;) {
         if (rcolo_session_status(s)) {
@@ -277,6 +296,11 @@ static int chan_block(struct rcolo_channel *ch, int64_t deadline)
             return chan_fail(ch, ret, "waiting for completions failed", NULL);
         }
     }
+}
+
+static int chan_block(struct rcolo_channel *ch, int64_t deadline)
+{
+    return chan_block_spin(ch, deadline, RCOLO_SPIN_NS);
 }
 
 /* Free send slot, waiting for one if all are in flight. */
@@ -516,7 +540,7 @@ int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
     int64_t deadline = rcolo_deadline(timeout_ms);
 
     while (ch->fence_acked != ch->fence_posted) {
-        int ret = chan_block(ch, deadline);
+        int ret = chan_block_spin(ch, deadline, RCOLO_FENCE_SPIN_NS);
         if (ret < 0) {
             return ret;
         }

@@ -149,6 +149,15 @@ unsigned rcolo_session_channels(const struct rcolo_session *s);
  */
 void rcolo_session_shutdown(struct rcolo_session *s);
 
+/*
+ * Busy-poll instead of sleeping while waiting for completions on this
+ * session's channels (both roles).  Meant for the checkpoint window, when
+ * the guest is paused anyway and a wake-up (tens to hundreds of us) would
+ * dominate a fence: COLO's secondary turns it on at CHECKPOINT_REQUEST and
+ * off after its flush.  Safe from any thread at any time.
+ */
+void rcolo_session_set_busy_poll(struct rcolo_session *s, bool on);
+
 /* 0 while healthy, otherwise the negative errno of the first failure. */
 int rcolo_session_status(const struct rcolo_session *s);
 

@@ -118,6 +118,11 @@ int rcolo_session_fail(struct rcolo_session *s, int code, const char *fmt, ...)
     return ret;
 }
 
+void rcolo_session_set_busy_poll(struct rcolo_session *s, bool on)
+{
+    __atomic_store_n(&s->busy_poll, on, __ATOMIC_RELEASE);
+}
+
 int rcolo_session_status(const struct rcolo_session *s)
 {
     return __atomic_load_n(&s->status, __ATOMIC_ACQUIRE);

@@ -1,0 +1,346 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * Results: the human table with ratios, raw JSON, and a gnuplot PNG.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bench.h"
+
+void progress(const struct options *o, const char *name, unsigned k,
+              unsigned n, double gbps)
+{
+    if (!o->progress) {
+        return;
+    }
+    fprintf(stderr, "\r[%s] checkpoint %u/%u  %.1f MB/s   ", name, k, n,
+            gbps * 1000.0);
+    if (k == n) {
+        fprintf(stderr, "\n");
+    }
+}
+
+void wire_load(const char *path, struct wire_limit *w)
+{
+    char key[64];
+    double v;
+    FILE *f;
+
+    memset(w, 0, sizeof(*w));
+    if (!path || !(f = fopen(path, "r"))) {
+        return;
+    }
+    while (fscanf(f, "%63s %lf", key, &v) == 2) {
+        if (!strcmp(key, "write_bw_4096_MBps")) {
+            w->bw_4k_MBps = v;
+        } else if (!strcmp(key, "write_bw_65536_MBps")) {
+            w->bw_64k_MBps = v;
+        } else if (!strncmp(key, "write_bw_4096_q", 15)) {
+            w->bw_4k_multi_MBps = v;
+            w->multi_qps = atoi(key + 15);
+        } else if (!strcmp(key, "write_lat_8_us")) {
+            w->lat_8_us = v;
+        } else if (!strcmp(key, "write_lat_4096_us")) {
+            w->lat_4k_us = v;
+        }
+    }
+    fclose(f);
+    w->have = w->bw_4k_MBps > 0 && w->bw_64k_MBps > 0 && w->lat_8_us > 0;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+struct summary {
+    double mean_ms, p50_ms, p99_ms, max_ms, fence_ms;
+    double MBps, pages_per_s;
+    double pri_cpu_per_gib, sec_cpu_per_gib, sys_cpu_per_gib, flush_ms;
+    double empty_p50_us, empty_p99_us;
+    uint64_t bytes, pages;
+};
+
+static double pct(const uint64_t *sorted, unsigned n, double p)
+{
+    if (!n) {
+        return 0;
+    }
+    unsigned i = (unsigned)(p * (n - 1) + 0.5);
+    return (double)sorted[i];
+}
+
+static void summarize(const struct run_result *r, struct summary *s)
+{
+    uint64_t *t = calloc(r->count + 1, 8);
+    uint64_t total_ns = 0, fence_ns = 0, pri = 0, sec = 0, sys = 0, fl = 0;
+
+    memset(s, 0, sizeof(*s));
+    for (unsigned i = 0; i < r->count; i++) {
+        const struct sample *x = &r->samples[i];
+        t[i] = x->transfer_ns;
+        total_ns += x->transfer_ns;
+        fence_ns += x->fence_ns;
+        s->bytes += x->bytes;
+        s->pages += x->pages + x->zero_pages;
+        pri += x->pri_cpu_ns;
+        sec += x->sec_cpu_ns;
+        sys += x->sys_cpu_ns;
+        fl += x->flush_ns;
+    }
+    qsort(t, r->count, 8, cmp_u64);
+    if (r->count) {
+        s->mean_ms = total_ns / 1e6 / r->count;
+        s->p50_ms = pct(t, r->count, 0.5) / 1e6;
+        s->p99_ms = pct(t, r->count, 0.99) / 1e6;
+        s->max_ms = t[r->count - 1] / 1e6;
+        s->fence_ms = fence_ns / 1e6 / r->count;
+        s->flush_ms = fl / 1e6 / r->count;
+    }
+    if (total_ns) {
+        s->MBps = s->bytes * 1e3 / total_ns;
+        s->pages_per_s = s->pages * 1e9 / total_ns;
+    }
+    double gib = s->bytes / (double)(1ull << 30);
+    if (gib > 0) {
+        s->pri_cpu_per_gib = pri / 1e9 / gib;
+        s->sec_cpu_per_gib = sec / 1e9 / gib;
+        s->sys_cpu_per_gib = sys / 1e9 / gib;
+    }
+    free(t);
+    if (r->empty_count) {
+        uint64_t *e = malloc(r->empty_count * 8ull);
+        memcpy(e, r->empty_fence_ns, r->empty_count * 8ull);
+        qsort(e, r->empty_count, 8, cmp_u64);
+        s->empty_p50_us = pct(e, r->empty_count, 0.5) / 1e3;
+        s->empty_p99_us = pct(e, r->empty_count, 0.99) / 1e3;
+        free(e);
+    }
+}
+
+static const char *pattern_name(enum pattern p)
+{
+    static const char *names[] = {"random", "hotset", "sequential", "mixed"};
+    return names[p];
+}
+
+void report_table(const struct options *o, const struct run_result *r,
+                  unsigned nr, const struct wire_limit *w)
+{
+    struct summary s[2];
+    const struct summary *rdma = NULL, *tcp = NULL;
+
+    printf("\nrdma-colo-bench: %llu MiB guest, %u-byte pages, pattern %s, "
+           "%llu MiB dirtied per checkpoint (%u%% zero), %u channels, "
+           "%u pages per descriptor, %u checkpoints, seed %llu\n",
+           (unsigned long long)(o->size >> 20), o->page_size,
+           pattern_name(o->pattern), (unsigned long long)(o->dirty >> 20),
+           o->zero_pct, o->channels, o->batch, o->checkpoints,
+           (unsigned long long)o->seed);
+    if (w->have) {
+        printf("wire limit (perftest, same device, same run): ib_write_bw "
+               "4 KiB %.1f MB/s, 64 KiB %.1f MB/s; ib_write_lat 8 B %.2f us, "
+               "4 KiB %.2f us\n",
+               w->bw_4k_MBps, w->bw_64k_MBps, w->lat_8_us, w->lat_4k_us);
+        if (w->multi_qps) {
+            printf("  ib_write_bw 4 KiB over %d QPs: %.1f MB/s\n", w->multi_qps,
+                   w->bw_4k_multi_MBps);
+        }
+    }
+    printf("\n%-28s", "");
+    for (unsigned i = 0; i < nr; i++) {
+        summarize(&r[i], &s[i]);
+        if (!strcmp(r[i].name, "rdma")) {
+            rdma = &s[i];
+        } else {
+            tcp = &s[i];
+        }
+        printf("%14s", r[i].name);
+    }
+    printf("\n");
+#define ROW(label, fmt, field)                 \
+    do {                                       \
+        printf("%-28s", label);                \
+        for (unsigned i = 0; i < nr; i++) {    \
+            printf(fmt, s[i].field);           \
+        }                                      \
+        printf("\n");                          \
+    } while (0)
+    ROW("checkpoint transfer mean ms", "%14.2f", mean_ms);
+    ROW("  p50 ms", "%14.2f", p50_ms);
+    ROW("  p99 ms", "%14.2f", p99_ms);
+    ROW("  max ms", "%14.2f", max_ms);
+    ROW("  of which fence, mean ms", "%14.2f", fence_ms);
+    ROW("throughput MB/s", "%14.1f", MBps);
+    ROW("pages/s", "%14.0f", pages_per_s);
+    ROW("primary CPU s/GiB", "%14.3f", pri_cpu_per_gib);
+    ROW("secondary rx CPU s/GiB", "%14.3f", sec_cpu_per_gib);
+    ROW("whole machine CPU s/GiB", "%14.3f", sys_cpu_per_gib);
+    ROW("secondary flush mean ms", "%14.2f", flush_ms);
+    ROW("empty checkpoint fence p50 us", "%14.1f", empty_p50_us);
+    ROW("  p99 us", "%14.1f", empty_p99_us);
+#undef ROW
+    printf("\nratios:\n");
+    if (rdma && w->have) {
+        double ref = o->pattern == PAT_SEQUENTIAL ? w->bw_64k_MBps
+                                                  : w->bw_4k_MBps;
+        printf("  rdma throughput / ib_write_bw %s:  %6.1f %%\n",
+               o->pattern == PAT_SEQUENTIAL ? "64 KiB" : "4 KiB",
+               100.0 * rdma->MBps / ref);
+        if (w->multi_qps && o->pattern != PAT_SEQUENTIAL) {
+            printf("  rdma throughput / ib_write_bw 4 KiB, %d QPs: %6.1f %%\n",
+                   w->multi_qps, 100.0 * rdma->MBps / w->bw_4k_multi_MBps);
+        }
+        printf("  rdma empty fence / ib_write_lat 8 B:  %6.2f x\n",
+               rdma->empty_p50_us / w->lat_8_us);
+    }
+    if (rdma && tcp && tcp->MBps > 0) {
+        printf("  rdma / tcp throughput:                %6.2f x\n",
+               rdma->MBps / tcp->MBps);
+        if (tcp->sec_cpu_per_gib > 0) {
+            printf("  rdma / tcp secondary rx CPU per GiB:  %6.1f %%\n",
+                   100.0 * rdma->sec_cpu_per_gib / tcp->sec_cpu_per_gib);
+        }
+        if (tcp->sys_cpu_per_gib > 0) {
+            printf("  rdma / tcp whole-machine CPU per GiB: %6.1f %%\n",
+                   100.0 * rdma->sys_cpu_per_gib / tcp->sys_cpu_per_gib);
+        }
+    }
+    for (unsigned i = 0; i < nr; i++) {
+        unsigned ok = 0;
+        for (unsigned k = 0; k < r[i].count; k++) {
+            ok += r[i].samples[k].verified;
+        }
+        printf("%s: %u/%u checkpoints verified (secondary's guest copy == "
+               "primary's memory)%s\n",
+               r[i].name, ok, r[i].count, o->verify ? "" : " [--no-verify]");
+    }
+}
+
+int report_json(const char *path, const struct options *o,
+                const struct run_result *r, unsigned nr,
+                const struct wire_limit *w)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        BENCH_ERR("cannot write %s: %s", path, strerror(errno));
+        return -errno;
+    }
+    fprintf(f,
+            "{\n  \"config\": {\"size\": %llu, \"page_size\": %u, "
+            "\"pattern\": \"%s\", \"dirty\": %llu, \"zero_pct\": %u, "
+            "\"channels\": %u, \"batch\": %u, \"checkpoints\": %u, "
+            "\"seed\": %llu},\n",
+            (unsigned long long)o->size, o->page_size, pattern_name(o->pattern),
+            (unsigned long long)o->dirty, o->zero_pct, o->channels, o->batch,
+            o->checkpoints, (unsigned long long)o->seed);
+    fprintf(f,
+            "  \"wire\": {\"write_bw_4096_MBps\": %.2f, "
+            "\"write_bw_65536_MBps\": %.2f, \"write_lat_8_us\": %.2f, "
+            "\"write_lat_4096_us\": %.2f},\n  \"runs\": [\n",
+            w->bw_4k_MBps, w->bw_64k_MBps, w->lat_8_us, w->lat_4k_us);
+    for (unsigned i = 0; i < nr; i++) {
+        fprintf(f, "    {\"transport\": \"%s\", \"ok\": %s, \"samples\": [\n",
+                r[i].name, r[i].ok ? "true" : "false");
+        for (unsigned k = 0; k < r[i].count; k++) {
+            const struct sample *s = &r[i].samples[k];
+            fprintf(f,
+                    "      {\"checkpoint\": %u, \"pages\": %llu, "
+                    "\"zero_pages\": %llu, \"bytes\": %llu, "
+                    "\"transfer_ns\": %llu, \"fence_ns\": %llu, "
+                    "\"primary_cpu_ns\": %llu, \"secondary_cpu_ns\": %llu, "
+                    "\"machine_cpu_ns\": %llu, \"flush_ns\": %llu, "
+                    "\"verified\": %s}%s\n",
+                    k, (unsigned long long)s->pages,
+                    (unsigned long long)s->zero_pages,
+                    (unsigned long long)s->bytes,
+                    (unsigned long long)s->transfer_ns,
+                    (unsigned long long)s->fence_ns,
+                    (unsigned long long)s->pri_cpu_ns,
+                    (unsigned long long)s->sec_cpu_ns,
+                    (unsigned long long)s->sys_cpu_ns,
+                    (unsigned long long)s->flush_ns,
+                    s->verified ? "true" : "false",
+                    k + 1 < r[i].count ? "," : "");
+        }
+        fprintf(f, "    ], \"empty_fence_ns\": [");
+        for (unsigned k = 0; k < r[i].empty_count; k++) {
+            fprintf(f, "%s%llu", k ? ", " : "",
+                    (unsigned long long)r[i].empty_fence_ns[k]);
+        }
+        fprintf(f, "]}%s\n", i + 1 < nr ? "," : "");
+    }
+    fprintf(f, "  ]\n}\n");
+    return fclose(f) ? -errno : 0;
+}
+
+int report_plot(const char *path, const struct run_result *r, unsigned nr)
+{
+    char data[] = "/tmp/rdma-colo-bench-XXXXXX";
+    int fd = mkstemp(data);
+    if (fd < 0) {
+        return -errno;
+    }
+    FILE *f = fdopen(fd, "w");
+    /* One block per transport: sorted transfer times as a CDF, then the
+     * empty-fence times likewise. */
+    for (unsigned i = 0; i < nr; i++) {
+        uint64_t *t = calloc(r[i].count + 1, 8);
+        for (unsigned k = 0; k < r[i].count; k++) {
+            t[k] = r[i].samples[k].transfer_ns;
+        }
+        qsort(t, r[i].count, 8, cmp_u64);
+        for (unsigned k = 0; k < r[i].count; k++) {
+            fprintf(f, "%.3f %.4f\n", t[k] / 1e6, (k + 1.0) / r[i].count);
+        }
+        fprintf(f, "\n\n");
+        free(t);
+    }
+    for (unsigned i = 0; i < nr; i++) {
+        uint64_t *t = calloc(r[i].empty_count + 1, 8);
+        memcpy(t, r[i].empty_fence_ns, r[i].empty_count * 8ull);
+        qsort(t, r[i].empty_count, 8, cmp_u64);
+        for (unsigned k = 0; k < r[i].empty_count; k++) {
+            fprintf(f, "%.2f %.4f\n", t[k] / 1e3,
+                    (k + 1.0) / r[i].empty_count);
+        }
+        fprintf(f, "\n\n");
+        free(t);
+    }
+    fclose(f);
+
+    FILE *g = popen("gnuplot", "w");
+    if (!g) {
+        unlink(data);
+        BENCH_ERR("cannot run gnuplot (scripts/bootstrap installs it)");
+        return -ENOENT;
+    }
+    fprintf(g, "set terminal png size 1100,450\nset output '%s'\n", path);
+    fprintf(g, "set multiplot layout 1,2\nset grid\nset key bottom right\n");
+    fprintf(g, "set title 'checkpoint transfer time (CDF)'\n"
+               "set xlabel 'ms'\nset ylabel 'fraction of checkpoints'\n");
+    fprintf(g, "plot ");
+    for (unsigned i = 0; i < nr; i++) {
+        fprintf(g, "%s'%s' index %u using 1:2 with steps lw 2 title '%s'",
+                i ? ", " : "", data, i, r[i].name);
+    }
+    fprintf(g, "\nset title 'empty checkpoint fence (CDF)'\n"
+               "set xlabel 'us'\nset logscale x\n");
+    fprintf(g, "plot ");
+    for (unsigned i = 0; i < nr; i++) {
+        fprintf(g, "%s'%s' index %u using 1:2 with steps lw 2 title '%s'",
+                i ? ", " : "", data, nr + i, r[i].name);
+    }
+    fprintf(g, "\nunset multiplot\n");
+    int rc = pclose(g);
+    unlink(data);
+    if (rc != 0) {
+        BENCH_ERR("gnuplot failed (exit %d)", rc);
+        return -EIO;
+    }
+    return 0;
+}
