@@ -19,18 +19,18 @@ enum pattern {
 };
 
 struct options {
-    const char *role;      /* both, primary, secondary */
-    const char *uri;       /* rdma-colo:HOST:PORT, for primary/secondary */
-    const char *tcp_addr;  /* address for the TCP baseline */
+    const char *role;     /* both, primary, secondary */
+    const char *uri;      /* rdma-colo:HOST:PORT, for primary/secondary */
+    const char *tcp_addr; /* address for the TCP baseline */
     int tcp_port;
     bool run_rdma, run_tcp;
-    uint64_t size;         /* guest RAM bytes */
+    uint64_t size; /* guest RAM bytes */
     uint32_t page_size;
     enum pattern pattern;
-    uint64_t dirty;        /* bytes dirtied per checkpoint */
-    unsigned zero_pct;     /* share of dirty pages that become zero */
+    uint64_t dirty;    /* bytes dirtied per checkpoint */
+    unsigned zero_pct; /* share of dirty pages that become zero */
     unsigned checkpoints;
-    unsigned interval_ms;  /* guest run time between checkpoints */
+    unsigned interval_ms; /* guest run time between checkpoints */
     unsigned channels;
     unsigned batch;        /* pages per descriptor / multifd packet */
     unsigned empty_fences; /* empty-checkpoint fences to time */
@@ -38,27 +38,29 @@ struct options {
     bool verify;
     const char *json;
     const char *plot;
-    const char *wire;      /* perftest-ref --out file */
+    const char *wire; /* perftest-ref --out file */
     const char *token;
     bool progress;
-    int busy_poll;         /* BUSY_NONE, BUSY_FENCE, BUSY_ALL */
+    int busy_poll; /* BUSY_NONE, BUSY_FENCE, BUSY_ALL */
 };
 enum { BUSY_NONE, BUSY_FENCE, BUSY_ALL };
 
 /* One checkpoint's figures. */
 struct sample {
     uint64_t pages, zero_pages, bytes;
-    uint64_t transfer_ns;   /* pages sent + fence returned */
-    uint64_t fence_ns;      /* the fence alone */
-    uint64_t pri_cpu_ns;    /* primary sender threads */
-    uint64_t sec_cpu_ns;    /* secondary receive threads */
-    uint64_t sys_cpu_ns;    /* whole machine (all CPUs, busy time) */
+    uint64_t transfer_ns; /* pages sent + fence returned */
+    uint64_t fence_ns;    /* the fence alone */
+    uint64_t pri_cpu_ns;  /* primary sender threads */
+    uint64_t sec_cpu_ns;  /* secondary receive threads, user + sys */
+    uint64_t sec_user_ns; /* ... user only (sys includes softirq work,
+                             e.g. rxe's, charged to whoever ran) */
+    uint64_t sys_cpu_ns;  /* whole machine (all CPUs, busy time) */
     uint64_t flush_ns;
     bool verified;
 };
 
 struct run_result {
-    const char *name;       /* "rdma" or "tcp" */
+    const char *name; /* "rdma" or "tcp" */
     struct sample *samples;
     unsigned count;
     uint64_t *empty_fence_ns;
@@ -81,9 +83,9 @@ struct guest {
 /* Checkpoint messages between the two sides (over the session stream for
  * rdma, over the control socket for tcp). */
 struct ckpt_cmd {
-    uint32_t kind;  /* CMD_CHECKPOINT, CMD_EMPTY, CMD_DONE */
+    uint32_t kind; /* CMD_CHECKPOINT, CMD_EMPTY, CMD_DONE */
     uint32_t index;
-    uint64_t hash;  /* primary's memory hash after this checkpoint */
+    uint64_t hash; /* primary's memory hash after this checkpoint */
 };
 enum { CMD_CHECKPOINT = 1, CMD_DONE = 2, CMD_BUSY_POLL = 3 /* hash: on */ };
 
@@ -91,6 +93,7 @@ struct ckpt_reply {
     uint32_t index;
     uint32_t verified;
     uint64_t sec_cpu_ns;
+    uint64_t sec_user_ns;
     uint64_t flush_ns;
     uint64_t first_bad_page; /* UINT64_MAX when verified */
 };
@@ -112,6 +115,7 @@ uint64_t first_diff_page(const struct guest *a_hashes,
 /* time/cpu */
 uint64_t now_ns(void);
 uint64_t thread_cpu_ns(void);
+uint64_t thread_user_ns(void);
 uint64_t machine_busy_ns(void);
 
 struct colo_secondary;
@@ -139,8 +143,9 @@ struct secondary_ops {
     int (*ctl_write)(void *ctx, const void *buf, size_t len);
     /* Returns bytes read (> 0), 0 at end, < 0 on error. */
     int (*ctl_read)(void *ctx, void *buf, size_t len);
-    /* CPU time the receive threads had used at their latest sync. */
-    uint64_t (*rx_cpu_ns)(void *ctx);
+    /* CPU time (total, user) the receive threads had used at their
+     * latest sync. */
+    void (*rx_cpu)(void *ctx, uint64_t *total, uint64_t *user);
     void (*busy_poll)(void *ctx, bool on);
 };
 
@@ -185,8 +190,8 @@ int report_json(const char *path, const struct options *o,
                 const struct wire_limit *w);
 int report_plot(const char *path, const struct run_result *r, unsigned nr);
 
-void progress(const struct options *o, const char *name, unsigned k,
-              unsigned n, double gbps);
+void progress(const struct options *o, const char *name, unsigned k, unsigned n,
+              double gbps);
 
 #define BENCH_ERR(...) bench_error(__VA_ARGS__)
 void bench_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -103,8 +103,8 @@ int drive_primary(const struct options *o, struct guest *g,
     pthread_barrier_init(&start, NULL, nch + 1);
     pthread_barrier_init(&done, NULL, nch + 1);
     for (unsigned i = 0; i < nch; i++) {
-        t[i] = (struct sender){.ops = ops, .o = o, .index = i,
-                               .start = &start, .done = &done};
+        t[i] = (struct sender){
+            .ops = ops, .o = o, .index = i, .start = &start, .done = &done};
         pthread_create(&t[i].tid, NULL, sender_thread, &t[i]);
     }
 
@@ -163,8 +163,8 @@ int drive_primary(const struct options *o, struct guest *g,
         if (o->busy_poll == BUSY_ALL) {
             ops->busy_poll(ops->ctx, false); /* the secondary's ends at flush */
         }
-        struct ckpt_cmd cmd = {.kind = CMD_CHECKPOINT, .index = k,
-                               .hash = g->total_hash};
+        struct ckpt_cmd cmd = {
+            .kind = CMD_CHECKPOINT, .index = k, .hash = g->total_hash};
         struct ckpt_reply rep;
         ret = ops->ctl_write(ops->ctx, &cmd, sizeof(cmd));
         if (!ret) {
@@ -178,6 +178,7 @@ int drive_primary(const struct options *o, struct guest *g,
             break;
         }
         s->sec_cpu_ns = rep.sec_cpu_ns;
+        s->sec_user_ns = rep.sec_user_ns;
         s->flush_ns = rep.flush_ns;
         s->verified = rep.verified;
         res->count = k + 1;
@@ -282,7 +283,7 @@ static int report_first_difference(struct colo_secondary *c,
 int drive_secondary(const struct options *o, struct colo_secondary *c,
                     const struct secondary_ops *ops)
 {
-    uint64_t cpu_prev = 0;
+    uint64_t cpu_prev = 0, user_prev = 0;
 
     for (;;) {
         struct ckpt_cmd cmd;
@@ -306,9 +307,12 @@ int drive_secondary(const struct options *o, struct colo_secondary *c,
             return -EPROTO;
         }
         struct ckpt_reply rep = {.index = cmd.index};
-        uint64_t cpu = ops->rx_cpu_ns(ops->ctx);
+        uint64_t cpu, user;
+        ops->rx_cpu(ops->ctx, &cpu, &user);
         rep.sec_cpu_ns = cpu - cpu_prev;
+        rep.sec_user_ns = user - user_prev;
         cpu_prev = cpu;
+        user_prev = user;
         uint64_t t0 = now_ns();
         ops->busy_poll(ops->ctx, false); /* the checkpoint window ends */
         if (cmd.index == 1 && getenv("RDMA_COLO_BENCH_CORRUPT")) {

@@ -18,36 +18,47 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-"usage: rdma-colo-bench [options]\n"
-"  --role both|primary|secondary   both (default) forks the secondary\n"
-"  --uri rdma-colo:HOST:PORT       rdma endpoint (primary/secondary roles)\n"
-"  --addr IPV4                     fabric address (default "
-"$RDMA_COLO_TEST_ADDR)\n"
-"  --tcp-port N                    TCP baseline port (primary/secondary)\n"
-"  --transport rdma|tcp|both       what to run (default both)\n"
-"  --size BYTES                    guest RAM (default 1G; K/M/G suffixes)\n"
-"  --page-size 4096|2M             page size (default 4096)\n"
-"  --pattern random|hotset|sequential|mixed   (default random)\n"
-"  --dirty BYTES                   dirtied per checkpoint (default 64M)\n"
-"  --zero PCT                      share of dirty pages that are zero\n"
-"  --checkpoints N                 (default 20)\n"
-"  --interval MS                   guest run time between checkpoints (0)\n"
-"  --channels N                    data channels (default 4)\n"
-"  --batch N                       pages per descriptor/packet (128)\n"
-"  --empty-fences N                empty checkpoints to time (200)\n"
-"  --seed N                        workload seed (default 1)\n"
-"  --no-verify                     skip the per-checkpoint verification\n"
-"  --token T                       rdma-colo session token\n"
-"  --wire FILE                     perftest-ref --out results, for ratios\n"
-"  --json FILE                     every raw sample\n"
-"  --plot FILE.png                 latency distributions (gnuplot)\n"
-"  --busy-poll auto|none|fence|all busy-poll in the checkpoint window:\n"
-"                                  fence while timing empty fences, all\n"
-"                                  also around every checkpoint; auto\n"
-"                                  (default): fence if there are more CPUs\n"
-"                                  than channels, else none\n"
-"  --quiet                         no progress line\n");
+    fprintf(
+        f,
+        "usage: rdma-colo-bench [options]\n"
+        "  --role both|primary|secondary   both (default) forks the secondary\n"
+        "  --uri rdma-colo:HOST:PORT       rdma endpoint (primary/secondary "
+        "roles)\n"
+        "  --addr IPV4                     fabric address (default "
+        "$RDMA_COLO_TEST_ADDR)\n"
+        "  --tcp-port N                    TCP baseline port "
+        "(primary/secondary)\n"
+        "  --transport rdma|tcp|both       what to run (default both)\n"
+        "  --size BYTES                    guest RAM (default 1G; K/M/G "
+        "suffixes)\n"
+        "  --page-size 4096|2M             page size (default 4096)\n"
+        "  --pattern random|hotset|sequential|mixed   (default random)\n"
+        "  --dirty BYTES                   dirtied per checkpoint (default "
+        "64M)\n"
+        "  --zero PCT                      share of dirty pages that are zero\n"
+        "  --checkpoints N                 (default 20)\n"
+        "  --interval MS                   guest run time between checkpoints "
+        "(0)\n"
+        "  --channels N                    data channels (default 4)\n"
+        "  --batch N                       pages per descriptor/packet (128)\n"
+        "  --empty-fences N                empty checkpoints to time (200)\n"
+        "  --seed N                        workload seed (default 1)\n"
+        "  --no-verify                     skip the per-checkpoint "
+        "verification\n"
+        "  --token T                       rdma-colo session token\n"
+        "  --wire FILE                     perftest-ref --out results, for "
+        "ratios\n"
+        "  --json FILE                     every raw sample\n"
+        "  --plot FILE.png                 latency distributions (gnuplot)\n"
+        "  --busy-poll auto|none|fence|all busy-poll in the checkpoint "
+        "window:\n"
+        "                                  fence while timing empty fences, "
+        "all\n"
+        "                                  also around every checkpoint; auto\n"
+        "                                  (default): fence if there are more "
+        "CPUs\n"
+        "                                  than channels, else none\n"
+        "  --quiet                         no progress line\n");
 }
 
 static uint64_t parse_size(const char *s)
@@ -56,9 +67,21 @@ static uint64_t parse_size(const char *s)
     double v = strtod(s, &end);
     uint64_t mul = 1;
     switch (*end) {
-    case 'k': case 'K': mul = 1ull << 10; end++; break;
-    case 'm': case 'M': mul = 1ull << 20; end++; break;
-    case 'g': case 'G': mul = 1ull << 30; end++; break;
+    case 'k':
+    case 'K':
+        mul = 1ull << 10;
+        end++;
+        break;
+    case 'm':
+    case 'M':
+        mul = 1ull << 20;
+        end++;
+        break;
+    case 'g':
+    case 'G':
+        mul = 1ull << 30;
+        end++;
+        break;
     }
     if (*end || v <= 0) {
         BENCH_ERR("bad size '%s'", s);
@@ -81,32 +104,76 @@ static unsigned parse_uint(const char *s, unsigned min, unsigned max,
 
 static void parse(int argc, char **argv, struct options *o)
 {
-    enum { O_ROLE = 256, O_URI, O_ADDR, O_TCP_PORT, O_TRANSPORT, O_SIZE,
-           O_PAGE, O_PATTERN, O_DIRTY, O_ZERO, O_CKPT, O_INTERVAL, O_CHAN,
-           O_BATCH, O_EMPTY, O_SEED, O_NOVERIFY, O_TOKEN, O_WIRE, O_JSON,
-           O_PLOT, O_QUIET, O_BUSY };
+    enum {
+        O_ROLE = 256,
+        O_URI,
+        O_ADDR,
+        O_TCP_PORT,
+        O_TRANSPORT,
+        O_SIZE,
+        O_PAGE,
+        O_PATTERN,
+        O_DIRTY,
+        O_ZERO,
+        O_CKPT,
+        O_INTERVAL,
+        O_CHAN,
+        O_BATCH,
+        O_EMPTY,
+        O_SEED,
+        O_NOVERIFY,
+        O_TOKEN,
+        O_WIRE,
+        O_JSON,
+        O_PLOT,
+        O_QUIET,
+        O_BUSY
+    };
     static const struct option lo[] = {
-        {"role", 1, 0, O_ROLE}, {"uri", 1, 0, O_URI},
-        {"addr", 1, 0, O_ADDR}, {"tcp-port", 1, 0, O_TCP_PORT},
-        {"transport", 1, 0, O_TRANSPORT}, {"size", 1, 0, O_SIZE},
-        {"page-size", 1, 0, O_PAGE}, {"pattern", 1, 0, O_PATTERN},
-        {"dirty", 1, 0, O_DIRTY}, {"zero", 1, 0, O_ZERO},
-        {"checkpoints", 1, 0, O_CKPT}, {"interval", 1, 0, O_INTERVAL},
-        {"channels", 1, 0, O_CHAN}, {"batch", 1, 0, O_BATCH},
-        {"empty-fences", 1, 0, O_EMPTY}, {"seed", 1, 0, O_SEED},
-        {"no-verify", 0, 0, O_NOVERIFY}, {"token", 1, 0, O_TOKEN},
-        {"wire", 1, 0, O_WIRE}, {"json", 1, 0, O_JSON},
-        {"plot", 1, 0, O_PLOT}, {"quiet", 0, 0, O_QUIET},
+        {"role", 1, 0, O_ROLE},
+        {"uri", 1, 0, O_URI},
+        {"addr", 1, 0, O_ADDR},
+        {"tcp-port", 1, 0, O_TCP_PORT},
+        {"transport", 1, 0, O_TRANSPORT},
+        {"size", 1, 0, O_SIZE},
+        {"page-size", 1, 0, O_PAGE},
+        {"pattern", 1, 0, O_PATTERN},
+        {"dirty", 1, 0, O_DIRTY},
+        {"zero", 1, 0, O_ZERO},
+        {"checkpoints", 1, 0, O_CKPT},
+        {"interval", 1, 0, O_INTERVAL},
+        {"channels", 1, 0, O_CHAN},
+        {"batch", 1, 0, O_BATCH},
+        {"empty-fences", 1, 0, O_EMPTY},
+        {"seed", 1, 0, O_SEED},
+        {"no-verify", 0, 0, O_NOVERIFY},
+        {"token", 1, 0, O_TOKEN},
+        {"wire", 1, 0, O_WIRE},
+        {"json", 1, 0, O_JSON},
+        {"plot", 1, 0, O_PLOT},
+        {"quiet", 0, 0, O_QUIET},
         {"busy-poll", 1, 0, O_BUSY},
-        {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"help", 0, 0, 'h'},
+        {0, 0, 0, 0},
     };
     *o = (struct options){
-        .role = "both", .run_rdma = true, .run_tcp = true,
-        .size = 1ull << 30, .page_size = 4096, .pattern = PAT_RANDOM,
-        .dirty = 64ull << 20, .checkpoints = 20, .channels = 4,
-        .batch = 128, .empty_fences = 200, .seed = 1, .verify = true,
-        .tcp_addr = getenv("RDMA_COLO_TEST_ADDR"), .tcp_port = 0,
-        .progress = isatty(2), .busy_poll = -1,
+        .role = "both",
+        .run_rdma = true,
+        .run_tcp = true,
+        .size = 1ull << 30,
+        .page_size = 4096,
+        .pattern = PAT_RANDOM,
+        .dirty = 64ull << 20,
+        .checkpoints = 20,
+        .channels = 4,
+        .batch = 128,
+        .empty_fences = 200,
+        .seed = 1,
+        .verify = true,
+        .tcp_addr = getenv("RDMA_COLO_TEST_ADDR"),
+        .tcp_port = 0,
+        .progress = isatty(2),
+        .busy_poll = -1,
     };
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -119,9 +186,15 @@ static void parse(int argc, char **argv, struct options *o)
             }
             o->role = optarg;
             break;
-        case O_URI: o->uri = optarg; break;
-        case O_ADDR: o->tcp_addr = optarg; break;
-        case O_TCP_PORT: o->tcp_port = (int)parse_uint(optarg, 1, 65535, "--tcp-port"); break;
+        case O_URI:
+            o->uri = optarg;
+            break;
+        case O_ADDR:
+            o->tcp_addr = optarg;
+            break;
+        case O_TCP_PORT:
+            o->tcp_port = (int)parse_uint(optarg, 1, 65535, "--tcp-port");
+            break;
         case O_TRANSPORT:
             o->run_rdma = !strcmp(optarg, "rdma") || !strcmp(optarg, "both");
             o->run_tcp = !strcmp(optarg, "tcp") || !strcmp(optarg, "both");
@@ -130,38 +203,88 @@ static void parse(int argc, char **argv, struct options *o)
                 exit(2);
             }
             break;
-        case O_SIZE: o->size = parse_size(optarg); break;
-        case O_PAGE: o->page_size = (uint32_t)parse_size(optarg); break;
+        case O_SIZE:
+            o->size = parse_size(optarg);
+            break;
+        case O_PAGE:
+            o->page_size = (uint32_t)parse_size(optarg);
+            break;
         case O_PATTERN:
-            if (!strcmp(optarg, "random")) o->pattern = PAT_RANDOM;
-            else if (!strcmp(optarg, "hotset")) o->pattern = PAT_HOTSET;
-            else if (!strcmp(optarg, "sequential")) o->pattern = PAT_SEQUENTIAL;
-            else if (!strcmp(optarg, "mixed")) o->pattern = PAT_MIXED;
-            else { BENCH_ERR("unknown pattern '%s'", optarg); exit(2); }
+            if (!strcmp(optarg, "random"))
+                o->pattern = PAT_RANDOM;
+            else if (!strcmp(optarg, "hotset"))
+                o->pattern = PAT_HOTSET;
+            else if (!strcmp(optarg, "sequential"))
+                o->pattern = PAT_SEQUENTIAL;
+            else if (!strcmp(optarg, "mixed"))
+                o->pattern = PAT_MIXED;
+            else {
+                BENCH_ERR("unknown pattern '%s'", optarg);
+                exit(2);
+            }
             break;
-        case O_DIRTY: o->dirty = parse_size(optarg); break;
-        case O_ZERO: o->zero_pct = parse_uint(optarg, 0, 100, "--zero"); break;
-        case O_CKPT: o->checkpoints = parse_uint(optarg, 1, 1000000, "--checkpoints"); break;
-        case O_INTERVAL: o->interval_ms = parse_uint(optarg, 0, 100000, "--interval"); break;
-        case O_CHAN: o->channels = parse_uint(optarg, 1, 64, "--channels"); break;
-        case O_BATCH: o->batch = parse_uint(optarg, 1, 1024, "--batch"); break;
-        case O_EMPTY: o->empty_fences = parse_uint(optarg, 0, 1000000, "--empty-fences"); break;
-        case O_SEED: o->seed = strtoull(optarg, NULL, 0); break;
-        case O_NOVERIFY: o->verify = false; break;
-        case O_TOKEN: o->token = optarg; break;
-        case O_WIRE: o->wire = optarg; break;
-        case O_JSON: o->json = optarg; break;
-        case O_PLOT: o->plot = optarg; break;
-        case O_QUIET: o->progress = false; break;
+        case O_DIRTY:
+            o->dirty = parse_size(optarg);
+            break;
+        case O_ZERO:
+            o->zero_pct = parse_uint(optarg, 0, 100, "--zero");
+            break;
+        case O_CKPT:
+            o->checkpoints = parse_uint(optarg, 1, 1000000, "--checkpoints");
+            break;
+        case O_INTERVAL:
+            o->interval_ms = parse_uint(optarg, 0, 100000, "--interval");
+            break;
+        case O_CHAN:
+            o->channels = parse_uint(optarg, 1, 64, "--channels");
+            break;
+        case O_BATCH:
+            o->batch = parse_uint(optarg, 1, 1024, "--batch");
+            break;
+        case O_EMPTY:
+            o->empty_fences = parse_uint(optarg, 0, 1000000, "--empty-fences");
+            break;
+        case O_SEED:
+            o->seed = strtoull(optarg, NULL, 0);
+            break;
+        case O_NOVERIFY:
+            o->verify = false;
+            break;
+        case O_TOKEN:
+            o->token = optarg;
+            break;
+        case O_WIRE:
+            o->wire = optarg;
+            break;
+        case O_JSON:
+            o->json = optarg;
+            break;
+        case O_PLOT:
+            o->plot = optarg;
+            break;
+        case O_QUIET:
+            o->progress = false;
+            break;
         case O_BUSY:
-            if (!strcmp(optarg, "auto")) o->busy_poll = -1;
-            else if (!strcmp(optarg, "none")) o->busy_poll = BUSY_NONE;
-            else if (!strcmp(optarg, "fence")) o->busy_poll = BUSY_FENCE;
-            else if (!strcmp(optarg, "all")) o->busy_poll = BUSY_ALL;
-            else { BENCH_ERR("--busy-poll must be none, fence or all"); exit(2); }
+            if (!strcmp(optarg, "auto"))
+                o->busy_poll = -1;
+            else if (!strcmp(optarg, "none"))
+                o->busy_poll = BUSY_NONE;
+            else if (!strcmp(optarg, "fence"))
+                o->busy_poll = BUSY_FENCE;
+            else if (!strcmp(optarg, "all"))
+                o->busy_poll = BUSY_ALL;
+            else {
+                BENCH_ERR("--busy-poll must be none, fence or all");
+                exit(2);
+            }
             break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); exit(2);
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            exit(2);
         }
     }
     if (o->busy_poll < 0) {
@@ -191,7 +314,8 @@ static void parse(int argc, char **argv, struct options *o)
     }
     if (strcmp(o->role, "both") && o->run_tcp && !o->tcp_port) {
         BENCH_ERR("--role %s needs --tcp-port for the TCP baseline "
-                  "(or --transport rdma)", o->role);
+                  "(or --transport rdma)",
+                  o->role);
         exit(2);
     }
 }

@@ -11,7 +11,7 @@
 #include "bench.h"
 #include "rdma-colo.h"
 
-#define REGION_ID 1
+#define REGION_ID  1
 #define TIMEOUT_MS 30000
 
 static int parse_uri(const struct options *o, const char *port,
@@ -168,6 +168,7 @@ struct rx {
     struct colo_secondary *colo;
     pthread_t tid;
     _Atomic uint64_t cpu_at_sync;
+    _Atomic uint64_t user_at_sync;
 };
 
 struct rdma_secondary {
@@ -191,6 +192,7 @@ static void *rx_thread(void *opaque)
             }
         } else {
             atomic_store(&t->cpu_at_sync, thread_cpu_ns());
+            atomic_store(&t->user_at_sync, thread_user_ns());
         }
         if (rcolo_channel_release(t->ch, &d)) {
             break;
@@ -214,14 +216,14 @@ static void s_busy_poll(void *ctx, bool on)
     rcolo_session_set_busy_poll(((struct rdma_secondary *)ctx)->s, on);
 }
 
-static uint64_t s_rx_cpu(void *ctx)
+static void s_rx_cpu(void *ctx, uint64_t *total, uint64_t *user)
 {
     struct rdma_secondary *s = ctx;
-    uint64_t sum = 0;
+    *total = *user = 0;
     for (unsigned i = 0; i < s->channels; i++) {
-        sum += atomic_load(&s->rx[i].cpu_at_sync);
+        *total += atomic_load(&s->rx[i].cpu_at_sync);
+        *user += atomic_load(&s->rx[i].user_at_sync);
     }
-    return sum;
 }
 
 int rdma_secondary(const struct options *o, struct guest *g, uint8_t *cache,
@@ -273,7 +275,7 @@ int rdma_secondary(const struct options *o, struct guest *g, uint8_t *cache,
         .ctx = &sec,
         .ctl_write = s_ctl_write,
         .ctl_read = s_ctl_read,
-        .rx_cpu_ns = s_rx_cpu,
+        .rx_cpu = s_rx_cpu,
         .busy_poll = s_busy_poll,
     };
     ret = drive_secondary(o, &colo, &ops);
@@ -283,9 +285,9 @@ int rdma_secondary(const struct options *o, struct guest *g, uint8_t *cache,
         rcolo_stream_read(sec.s, &c, 1, false);
     }
     if (ret) {
-        BENCH_ERR("rdma secondary: %s",
-                  *rcolo_session_error(sec.s) ? rcolo_session_error(sec.s)
-                                              : strerror(-ret));
+        BENCH_ERR("rdma secondary: %s", *rcolo_session_error(sec.s)
+                                            ? rcolo_session_error(sec.s)
+                                            : strerror(-ret));
     }
     rcolo_session_shutdown(sec.s);
     for (unsigned i = 0; i < started; i++) {

@@ -10,8 +10,8 @@
 
 #include "bench.h"
 
-void progress(const struct options *o, const char *name, unsigned k,
-              unsigned n, double gbps)
+void progress(const struct options *o, const char *name, unsigned k, unsigned n,
+              double gbps)
 {
     if (!o->progress) {
         return;
@@ -60,7 +60,8 @@ static int cmp_u64(const void *a, const void *b)
 struct summary {
     double mean_ms, p50_ms, p99_ms, max_ms, fence_ms;
     double MBps, pages_per_s;
-    double pri_cpu_per_gib, sec_cpu_per_gib, sys_cpu_per_gib, flush_ms;
+    double pri_cpu_per_gib, sec_cpu_per_gib, sec_user_per_gib;
+    double sys_cpu_per_gib, flush_ms;
     double empty_p50_us, empty_p99_us;
     uint64_t bytes, pages;
 };
@@ -78,6 +79,7 @@ static void summarize(const struct run_result *r, struct summary *s)
 {
     uint64_t *t = calloc(r->count + 1, 8);
     uint64_t total_ns = 0, fence_ns = 0, pri = 0, sec = 0, sys = 0, fl = 0;
+    uint64_t secu = 0;
 
     memset(s, 0, sizeof(*s));
     for (unsigned i = 0; i < r->count; i++) {
@@ -89,6 +91,7 @@ static void summarize(const struct run_result *r, struct summary *s)
         s->pages += x->pages + x->zero_pages;
         pri += x->pri_cpu_ns;
         sec += x->sec_cpu_ns;
+        secu += x->sec_user_ns;
         sys += x->sys_cpu_ns;
         fl += x->flush_ns;
     }
@@ -109,6 +112,7 @@ static void summarize(const struct run_result *r, struct summary *s)
     if (gib > 0) {
         s->pri_cpu_per_gib = pri / 1e9 / gib;
         s->sec_cpu_per_gib = sec / 1e9 / gib;
+        s->sec_user_per_gib = secu / 1e9 / gib;
         s->sys_cpu_per_gib = sys / 1e9 / gib;
     }
     free(t);
@@ -162,13 +166,13 @@ void report_table(const struct options *o, const struct run_result *r,
         printf("%14s", r[i].name);
     }
     printf("\n");
-#define ROW(label, fmt, field)                 \
-    do {                                       \
-        printf("%-28s", label);                \
-        for (unsigned i = 0; i < nr; i++) {    \
-            printf(fmt, s[i].field);           \
-        }                                      \
-        printf("\n");                          \
+#define ROW(label, fmt, field)                                                 \
+    do {                                                                       \
+        printf("%-28s", label);                                                \
+        for (unsigned i = 0; i < nr; i++) {                                    \
+            printf(fmt, s[i].field);                                           \
+        }                                                                      \
+        printf("\n");                                                          \
     } while (0)
     ROW("checkpoint transfer mean ms", "%14.2f", mean_ms);
     ROW("  p50 ms", "%14.2f", p50_ms);
@@ -179,6 +183,7 @@ void report_table(const struct options *o, const struct run_result *r,
     ROW("pages/s", "%14.0f", pages_per_s);
     ROW("primary CPU s/GiB", "%14.3f", pri_cpu_per_gib);
     ROW("secondary rx CPU s/GiB", "%14.3f", sec_cpu_per_gib);
+    ROW("  of which user s/GiB", "%14.3f", sec_user_per_gib);
     ROW("whole machine CPU s/GiB", "%14.3f", sys_cpu_per_gib);
     ROW("secondary flush mean ms", "%14.2f", flush_ms);
     ROW("empty checkpoint fence p50 us", "%14.1f", empty_p50_us);
@@ -186,8 +191,8 @@ void report_table(const struct options *o, const struct run_result *r,
 #undef ROW
     printf("\nratios:\n");
     if (rdma && w->have) {
-        double ref = o->pattern == PAT_SEQUENTIAL ? w->bw_64k_MBps
-                                                  : w->bw_4k_MBps;
+        double ref =
+            o->pattern == PAT_SEQUENTIAL ? w->bw_64k_MBps : w->bw_4k_MBps;
         printf("  rdma throughput / ib_write_bw %s:  %6.1f %%\n",
                o->pattern == PAT_SEQUENTIAL ? "64 KiB" : "4 KiB",
                100.0 * rdma->MBps / ref);
@@ -204,6 +209,10 @@ void report_table(const struct options *o, const struct run_result *r,
         if (tcp->sec_cpu_per_gib > 0) {
             printf("  rdma / tcp secondary rx CPU per GiB:  %6.1f %%\n",
                    100.0 * rdma->sec_cpu_per_gib / tcp->sec_cpu_per_gib);
+        }
+        if (tcp->sec_user_per_gib > 0) {
+            printf("  rdma / tcp secondary rx user CPU:     %6.1f %%\n",
+                   100.0 * rdma->sec_user_per_gib / tcp->sec_user_per_gib);
         }
         if (tcp->sys_cpu_per_gib > 0) {
             printf("  rdma / tcp whole-machine CPU per GiB: %6.1f %%\n",
@@ -248,24 +257,25 @@ int report_json(const char *path, const struct options *o,
                 r[i].name, r[i].ok ? "true" : "false");
         for (unsigned k = 0; k < r[i].count; k++) {
             const struct sample *s = &r[i].samples[k];
-            fprintf(f,
-                    "      {\"checkpoint\": %u, \"pages\": %llu, "
-                    "\"zero_pages\": %llu, \"bytes\": %llu, "
-                    "\"transfer_ns\": %llu, \"fence_ns\": %llu, "
-                    "\"primary_cpu_ns\": %llu, \"secondary_cpu_ns\": %llu, "
-                    "\"machine_cpu_ns\": %llu, \"flush_ns\": %llu, "
-                    "\"verified\": %s}%s\n",
-                    k, (unsigned long long)s->pages,
-                    (unsigned long long)s->zero_pages,
-                    (unsigned long long)s->bytes,
-                    (unsigned long long)s->transfer_ns,
-                    (unsigned long long)s->fence_ns,
-                    (unsigned long long)s->pri_cpu_ns,
-                    (unsigned long long)s->sec_cpu_ns,
-                    (unsigned long long)s->sys_cpu_ns,
-                    (unsigned long long)s->flush_ns,
-                    s->verified ? "true" : "false",
-                    k + 1 < r[i].count ? "," : "");
+            fprintf(
+                f,
+                "      {\"checkpoint\": %u, \"pages\": %llu, "
+                "\"zero_pages\": %llu, \"bytes\": %llu, "
+                "\"transfer_ns\": %llu, \"fence_ns\": %llu, "
+                "\"primary_cpu_ns\": %llu, \"secondary_cpu_ns\": %llu, "
+                "\"secondary_user_ns\": %llu, "
+                "\"machine_cpu_ns\": %llu, \"flush_ns\": %llu, "
+                "\"verified\": %s}%s\n",
+                k, (unsigned long long)s->pages,
+                (unsigned long long)s->zero_pages, (unsigned long long)s->bytes,
+                (unsigned long long)s->transfer_ns,
+                (unsigned long long)s->fence_ns,
+                (unsigned long long)s->pri_cpu_ns,
+                (unsigned long long)s->sec_cpu_ns,
+                (unsigned long long)s->sec_user_ns,
+                (unsigned long long)s->sys_cpu_ns,
+                (unsigned long long)s->flush_ns, s->verified ? "true" : "false",
+                k + 1 < r[i].count ? "," : "");
         }
         fprintf(f, "    ], \"empty_fence_ns\": [");
         for (unsigned k = 0; k < r[i].empty_count; k++) {
@@ -305,8 +315,7 @@ int report_plot(const char *path, const struct run_result *r, unsigned nr)
         memcpy(t, r[i].empty_fence_ns, r[i].empty_count * 8ull);
         qsort(t, r[i].empty_count, 8, cmp_u64);
         for (unsigned k = 0; k < r[i].empty_count; k++) {
-            fprintf(f, "%.2f %.4f\n", t[k] / 1e3,
-                    (k + 1.0) / r[i].empty_count);
+            fprintf(f, "%.2f %.4f\n", t[k] / 1e3, (k + 1.0) / r[i].empty_count);
         }
         fprintf(f, "\n\n");
         free(t);

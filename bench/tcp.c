@@ -22,10 +22,10 @@
 
 #include "bench.h"
 
-#define TCP_MAGIC 0x11223344u /* multifd's */
-#define FLAG_SYNC 1u
+#define TCP_MAGIC   0x11223344u /* multifd's */
+#define FLAG_SYNC   1u
 #define HELLO_MAGIC 0x54435042u
-#define MAX_PAGES 4096
+#define MAX_PAGES   4096
 
 struct hello {
     uint32_t magic;
@@ -151,8 +151,8 @@ static int p_send(void *ctx, unsigned ch, const uint64_t *offs, unsigned n,
     uint64_t *o = (uint64_t *)(h + 1);
     struct iovec *iov = p->ch[ch].iov;
 
-    *h = (struct pkt_hdr){.magic = TCP_MAGIC, .normal = n, .zero = nzero,
-                          .seq = ++p->ch[ch].seq};
+    *h = (struct pkt_hdr){
+        .magic = TCP_MAGIC, .normal = n, .zero = nzero, .seq = ++p->ch[ch].seq};
     memcpy(o, offs, n * 8ull);
     memcpy(o + n, zero, nzero * 8ull);
     iov[0].iov_base = h;
@@ -172,8 +172,8 @@ static int p_send(void *ctx, unsigned ch, const uint64_t *offs, unsigned n,
 static int p_fence(void *ctx, unsigned ch)
 {
     struct tcp_primary *p = ctx;
-    struct pkt_hdr h = {.magic = TCP_MAGIC, .flags = FLAG_SYNC,
-                        .seq = ++p->ch[ch].seq};
+    struct pkt_hdr h = {
+        .magic = TCP_MAGIC, .flags = FLAG_SYNC, .seq = ++p->ch[ch].seq};
     uint8_t ack;
     int ret = write_full(p->fd[ch], &h, sizeof(h));
     if (!ret) {
@@ -192,8 +192,8 @@ static int p_fence_all(void *ctx)
     struct tcp_primary *p = ctx;
     int ret = 0;
     for (unsigned i = 0; i < p->channels && !ret; i++) {
-        struct pkt_hdr h = {.magic = TCP_MAGIC, .flags = FLAG_SYNC,
-                            .seq = ++p->ch[i].seq};
+        struct pkt_hdr h = {
+            .magic = TCP_MAGIC, .flags = FLAG_SYNC, .seq = ++p->ch[i].seq};
         ret = write_full(p->fd[i], &h, sizeof(h));
     }
     for (unsigned i = 0; i < p->channels && !ret; i++) {
@@ -258,16 +258,15 @@ int tcp_primary(const struct options *o, struct guest *g, int port,
     int ret = 0;
 
     res->name = "tcp";
-    p.ctl = tcp_dial(o->tcp_addr, port,
-                     (struct hello){HELLO_MAGIC, 0, 0});
+    p.ctl = tcp_dial(o->tcp_addr, port, (struct hello){HELLO_MAGIC, 0, 0});
     if (p.ctl < 0) {
         snprintf(res->error, sizeof(res->error), "tcp: connect to %s:%d: %s",
                  o->tcp_addr, port, strerror(-p.ctl));
         return p.ctl;
     }
     for (unsigned i = 0; i < o->channels; i++) {
-        p.fd[i] = tcp_dial(o->tcp_addr, port,
-                           (struct hello){HELLO_MAGIC, 1, i});
+        p.fd[i] =
+            tcp_dial(o->tcp_addr, port, (struct hello){HELLO_MAGIC, 1, i});
         if (p.fd[i] < 0) {
             ret = p.fd[i];
             snprintf(res->error, sizeof(res->error), "tcp: channel %u: %s", i,
@@ -314,6 +313,7 @@ struct tcp_rx {
     struct colo_secondary *colo;
     pthread_t tid;
     _Atomic uint64_t cpu_at_sync;
+    _Atomic uint64_t user_at_sync;
     int ret;
 };
 
@@ -346,6 +346,7 @@ static void *rx_thread(void *opaque)
         if (h.flags & FLAG_SYNC) {
             uint8_t ack = 1;
             atomic_store(&t->cpu_at_sync, thread_cpu_ns());
+            atomic_store(&t->user_at_sync, thread_user_ns());
             if (write_full(t->fd, &ack, 1)) {
                 break;
             }
@@ -394,14 +395,14 @@ static int s_ctl_read(void *ctx, void *buf, size_t len)
     return read_full(((struct tcp_secondary *)ctx)->ctl, buf, len);
 }
 
-static uint64_t s_rx_cpu(void *ctx)
+static void s_rx_cpu(void *ctx, uint64_t *total, uint64_t *user)
 {
     struct tcp_secondary *s = ctx;
-    uint64_t sum = 0;
+    *total = *user = 0;
     for (unsigned i = 0; i < s->channels; i++) {
-        sum += atomic_load(&s->rx[i].cpu_at_sync);
+        *total += atomic_load(&s->rx[i].cpu_at_sync);
+        *user += atomic_load(&s->rx[i].user_at_sync);
     }
-    return sum;
 }
 
 int tcp_secondary(const struct options *o, struct guest *g, uint8_t *cache,
@@ -422,8 +423,7 @@ int tcp_secondary(const struct options *o, struct guest *g, uint8_t *cache,
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
     if (bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) || listen(lfd, 64) ||
         getsockname(lfd, (struct sockaddr *)&sa, &slen)) {
-        BENCH_ERR("tcp: cannot listen on %s: %s", o->tcp_addr,
-                  strerror(errno));
+        BENCH_ERR("tcp: cannot listen on %s: %s", o->tcp_addr, strerror(errno));
         close(lfd);
         return -errno;
     }
@@ -474,7 +474,7 @@ int tcp_secondary(const struct options *o, struct guest *g, uint8_t *cache,
             .ctx = &sec,
             .ctl_write = s_ctl_write,
             .ctl_read = s_ctl_read,
-            .rx_cpu_ns = s_rx_cpu,
+            .rx_cpu = s_rx_cpu,
             .busy_poll = p_busy_poll,
         };
         ret = drive_secondary(o, &colo, &ops);

@@ -7,7 +7,9 @@
  * keep one, the secondary over its guest copy.  A page that did not arrive,
  * arrived wrong or was not flushed changes the secondary's sum.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <sys/resource.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,14 @@ uint64_t thread_cpu_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t thread_user_ns(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_THREAD, &ru);
+    return (uint64_t)ru.ru_utime.tv_sec * 1000000000ull +
+           (uint64_t)ru.ru_utime.tv_usec * 1000ull;
 }
 
 uint64_t machine_busy_ns(void)
@@ -114,8 +124,8 @@ int guest_init(struct guest *g, uint64_t size, uint32_t page_size,
     if (g->mem == MAP_FAILED && (flags & MAP_HUGETLB)) {
         /* No hugetlbfs pages: 2 MiB "pages" on normal memory still test
          * the transport's 2 MiB page size. */
-        g->mem = mmap(NULL, size, PROT_READ | PROT_WRITE,
-                      flags & ~MAP_HUGETLB, -1, 0);
+        g->mem = mmap(NULL, size, PROT_READ | PROT_WRITE, flags & ~MAP_HUGETLB,
+                      -1, 0);
     }
     if (g->mem == MAP_FAILED) {
         g->mem = NULL;
@@ -196,8 +206,8 @@ void workload_dirty(struct guest *g, const struct options *o, uint64_t *rng,
     }
     /* Distinct pages, as QEMU's dirty bitmap yields them. */
     while (got < want && tries < want * 20) {
-        uint64_t p = pick(o, g->pages, rng, &run_left, &run_next,
-                          (unsigned)tries++);
+        uint64_t p =
+            pick(o, g->pages, rng, &run_left, &run_next, (unsigned)tries++);
         if (!(chosen[p / 64] & (1ull << (p % 64)))) {
             chosen[p / 64] |= 1ull << (p % 64);
             got++;
@@ -249,8 +259,8 @@ uint64_t colo_flush(struct colo_secondary *c)
     uint64_t copied = 0;
 
     for (uint64_t w = 0; w < (g->pages + 63) / 64; w++) {
-        uint64_t bits = atomic_exchange_explicit(&c->bitmap[w], 0,
-                                                 memory_order_acq_rel);
+        uint64_t bits =
+            atomic_exchange_explicit(&c->bitmap[w], 0, memory_order_acq_rel);
         while (bits) {
             uint64_t p = w * 64 + (uint64_t)__builtin_ctzll(bits);
             bits &= bits - 1;

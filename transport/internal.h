@@ -215,7 +215,7 @@ struct rcolo_session {
     enum rcolo_session_state state;
     int status;
     char error[256];
-    bool busy_poll;          /* atomic: spin instead of sleeping */
+    bool busy_poll; /* atomic: spin instead of sleeping */
 
     /* Control connection. */
     struct rdma_cm_id *ctl_id;
