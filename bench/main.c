@@ -422,6 +422,8 @@ int main(int argc, char **argv)
     }
 
     bool both = !strcmp(o.role, "both");
+    res[0].name = o.run_rdma ? "rdma" : "tcp";
+    res[1].name = "tcp";
     if (o.run_rdma) {
         ret = both ? both_phase(&o, true, &res[nr])
                    : primary_phase(&o, true, 0, &res[nr]);
@@ -434,7 +436,13 @@ int main(int argc, char **argv)
     }
     struct wire_limit w;
     wire_load(o.wire, &w);
-    report_table(&o, res, nr, &w);
+    unsigned done = 0;
+    for (unsigned i = 0; i < nr; i++) {
+        done += res[i].count;
+    }
+    if (done) { /* nothing to tabulate when no checkpoint ran */
+        report_table(&o, res, nr, &w);
+    }
     if (o.json && report_json(o.json, &o, res, nr, &w)) {
         ret = ret ? ret : -EIO;
     }

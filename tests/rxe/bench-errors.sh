@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# rdma-colo-bench's failure modes, each must end in one clear error line and
+# a non-zero exit, never a hang: memlock too low, nobody listening, wrong
+# token, the secondary killed mid-run.  Runs under scripts/with-rxe.
+set -u
+bench=$(realpath "${1:?usage: bench-errors.sh RDMA-COLO-BENCH}")
+addr=${RDMA_COLO_TEST_ADDR:?run under scripts/with-rxe}
+fail=0
+expect() { # NAME RC OUTPUT PATTERN
+    if [ "$2" -ne 0 ] && grep -qE "$4" <<<"$3"; then
+        echo "ok: $1: exit $2, \"$(grep -E "$4" <<<"$3" | head -n1)\""
+    else
+        echo "FAIL: $1: exit $2, output:"
+        echo "$3"
+        fail=1
+    fi
+}
+cd "${TMPDIR:-/tmp}"
+small=(--size 32M --dirty 1M --checkpoints 2 --empty-fences 0 --quiet)
+
+# memlock: root ignores RLIMIT_MEMLOCK (CAP_IPC_LOCK), so drop to nobody.
+out=$( (ulimit -l 64; setpriv --reuid=65534 --regid=65534 --clear-groups \
+    --inh-caps=-all --bounding-set=-all \
+    timeout 60 "$bench" --transport rdma "${small[@]}") 2>&1)
+expect "memlock too low" $? "$out" "locked-memory limit is 64 KiB.*ulimit -l"
+
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9" \
+    --transport rdma "${small[@]}" 2>&1)
+expect "peer unreachable" $? "$out" "refused \(nobody listening there\?\)"
+
+port=$((30000 + $$ % 20000))
+timeout 60 "$bench" --role secondary --uri "rdma-colo:$addr:$port?token=right" \
+    --transport rdma "${small[@]}" >/dev/null 2>&1 &
+sec=$!
+sleep 2
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:$port?token=wrong" \
+    --transport rdma "${small[@]}" 2>&1)
+expect "wrong token" $? "$out" "refused the connection: wrong session token"
+kill $sec 2>/dev/null
+wait $sec 2>/dev/null
+
+port=$((port + 1))
+"$bench" --role secondary --uri "rdma-colo:$addr:$port" --transport rdma \
+    --size 64M --dirty 8M --checkpoints 1000 --quiet >/dev/null 2>&1 &
+sec=$!
+sleep 2
+( sleep 4; kill -9 $sec ) &
+start=$(date +%s)
+out=$(timeout 120 "$bench" --role primary --uri "rdma-colo:$addr:$port" \
+    --transport rdma --size 64M --dirty 8M --checkpoints 1000 --quiet 2>&1)
+rc=$?
+expect "secondary killed mid-run ($(( $(date +%s) - start )) s)" $rc "$out" \
+    "error: rdma: (checkpoint|empty fence).*(disconnected|failed|reset)"
+wait
+exit $fail
