@@ -76,10 +76,12 @@ static int read_full(int fd, void *buf, size_t len)
     return (int)len;
 }
 
-static int writev_full(int fd, struct iovec *iov, int cnt)
+/* writev/readv until every iovec is done (updates @iov in place). */
+static int iov_full(ssize_t (*op)(int, const struct iovec *, int), int fd,
+                    struct iovec *iov, int cnt)
 {
     while (cnt > 0) {
-        ssize_t n = writev(fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt);
+        ssize_t n = op(fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -99,27 +101,14 @@ static int writev_full(int fd, struct iovec *iov, int cnt)
     return 0;
 }
 
+static int writev_full(int fd, struct iovec *iov, int cnt)
+{
+    return iov_full(writev, fd, iov, cnt);
+}
+
 static int readv_full(int fd, struct iovec *iov, int cnt)
 {
-    while (cnt > 0) {
-        ssize_t n = readv(fd, iov, cnt > IOV_MAX ? IOV_MAX : cnt);
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n <= 0) {
-            return n < 0 ? -errno : -EPIPE;
-        }
-        while (cnt > 0 && (size_t)n >= iov->iov_len) {
-            n -= (ssize_t)iov->iov_len;
-            iov++;
-            cnt--;
-        }
-        if (cnt > 0) {
-            iov->iov_base = (uint8_t *)iov->iov_base + n;
-            iov->iov_len -= (size_t)n;
-        }
-    }
-    return 0;
+    return iov_full(readv, fd, iov, cnt);
 }
 
 static void tune(int fd)

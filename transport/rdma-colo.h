@@ -188,6 +188,20 @@ int rcolo_region_add(struct rcolo_session *s, uint32_t id, const char *name,
                      void *addr, uint64_t length, uint32_t page_size,
                      struct rcolo_error *err);
 
+/*
+ * Secondary: send the current region table again, for regions added after
+ * the primary connected (QEMU allocates the COLO cache once the migration
+ * stream has started).  The primary's table is replaced; a region the
+ * primary uses must stay.  Returns 0, -ENOTCONN before rcolo_accept, or the
+ * session's error.
+ */
+int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err);
+
+/* Primary: wait up to @timeout_ms until the secondary has advertised region
+ * @id.  Returns 0, -ETIMEDOUT, or the session's error. */
+int rcolo_region_wait(struct rcolo_session *s, uint32_t id, int timeout_ms,
+                      struct rcolo_error *err);
+
 /* Deregister region @id.  Returns 0 or -ENOENT.  Only while no channel is
  * transferring into or from it. */
 int rcolo_region_remove(struct rcolo_session *s, uint32_t id);

@@ -234,3 +234,62 @@ int rcolo_region_table_build(struct rcolo_session *s, uint8_t *buf, size_t size,
     g_free(e);
     return *len ? 0 : -EMSGSIZE;
 }
+
+int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
+{
+    uint32_t slot;
+    size_t len;
+    int ret;
+
+    if (s->role != RCOLO_SECONDARY) {
+        return rcolo_set_error(err, -EINVAL, "only the secondary publishes");
+    }
+    pthread_mutex_lock(&s->lock);
+    if (s->state != RCOLO_SESSION_READY && s->status == 0) {
+        pthread_mutex_unlock(&s->lock);
+        return rcolo_set_error(err, -ENOTCONN, "no primary connected yet");
+    }
+    /* The table uses one of the peer's stream slots, like stream data. */
+    while (s->status == 0 && s->stream.credits.avail == 0) {
+        rcolo_session_wait_locked(s, -1);
+    }
+    ret = s->status ? s->status : rcolo_ctl_get_send_slot_locked(s, -1, &slot);
+    if (ret == 0) {
+        ret = rcolo_region_table_build(s, rcolo_slot_buf(&s->ctl_send, slot),
+                                       s->ctl_send.size, &len);
+    }
+    if (ret == 0) {
+        rcolo_credits_take(&s->stream.credits);
+        ret = rcolo_ctl_post_send_locked(s, slot, (uint32_t)len);
+    }
+    if (ret) {
+        rcolo_set_error(err, ret, "cannot publish regions: %s",
+                        s->status ? s->error : strerror(-ret));
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int rcolo_region_wait(struct rcolo_session *s, uint32_t id, int timeout_ms,
+                      struct rcolo_error *err)
+{
+    int64_t deadline = rcolo_deadline(timeout_ms);
+    int ret = 0;
+
+    pthread_mutex_lock(&s->lock);
+    while (!find_remote(s, id)) {
+        if (s->status) {
+            ret = rcolo_set_error(err, s->status, "%s", s->error);
+            break;
+        }
+        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
+            ret = rcolo_set_error(err, -ETIMEDOUT,
+                                  "the secondary did not advertise region %u "
+                                  "within %d ms",
+                                  id, timeout_ms);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}

@@ -570,6 +570,19 @@ int rcolo_session_start_thread(struct rcolo_session *s, struct rcolo_error *err)
 
 /* ------------------------------------------------------------ listen */
 
+/* A CM event channel whose fd never blocks (waits poll() it). */
+static int open_event_channel(struct rdma_event_channel **ch,
+                              struct rcolo_error *err)
+{
+    *ch = rdma_create_event_channel();
+    if (!*ch) {
+        return rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
+                               strerror(errno));
+    }
+    fcntl((*ch)->fd, F_SETFL, fcntl((*ch)->fd, F_GETFL) | O_NONBLOCK);
+    return 0;
+}
+
 static int resolve(const struct rcolo_uri *uri, bool passive,
                    struct rdma_addrinfo **res, struct rcolo_error *err)
 {
@@ -618,13 +631,10 @@ int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
     if (getrandom(&s->nonce, sizeof(s->nonce), 0) != sizeof(s->nonce)) {
         s->nonce = (uint64_t)rcolo_now_ns() ^ ((uint64_t)getpid() << 32);
     }
-    s->cm = rdma_create_event_channel();
-    if (!s->cm) {
-        ret = rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
-                              strerror(errno));
+    ret = open_event_channel(&s->cm, err);
+    if (ret) {
         goto fail;
     }
-    fcntl(s->cm->fd, F_SETFL, fcntl(s->cm->fd, F_GETFL) | O_NONBLOCK);
     ret = resolve(uri, true, &ai, err);
     if (ret) {
         goto fail;
@@ -748,12 +758,10 @@ static int connect_resolve(struct rcolo_session *s,
     struct rdma_addrinfo *ai;
     int ret;
 
-    *pch = rdma_create_event_channel();
-    if (!*pch) {
-        return rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
-                               strerror(errno));
+    ret = open_event_channel(pch, err);
+    if (ret) {
+        return ret;
     }
-    fcntl((*pch)->fd, F_SETFL, fcntl((*pch)->fd, F_GETFL) | O_NONBLOCK);
     if (rdma_create_id(*pch, pid, NULL, RDMA_PS_TCP)) {
         return rcolo_set_error(err, -errno, "rdma_create_id: %s",
                                strerror(errno));
@@ -864,13 +872,10 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
         return ret;
     }
     s = rcolo_session_new(RCOLO_PRIMARY, uri);
-    s->cm = rdma_create_event_channel();
-    if (!s->cm) {
-        ret = rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
-                              strerror(errno));
+    ret = open_event_channel(&s->cm, err);
+    if (ret) {
         goto fail;
     }
-    fcntl(s->cm->fd, F_SETFL, fcntl(s->cm->fd, F_GETFL) | O_NONBLOCK);
 
     ret = connect_resolve(s, &pch, &id, deadline, err);
     if (ret) {

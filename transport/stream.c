@@ -152,16 +152,20 @@ static void on_region_table(struct rcolo_session *s, const uint8_t *buf,
                                   "to the secondary");
         return;
     }
-    if (!s->remote) {
-        s->remote = g_new0(struct rcolo_region_entry, RCOLO_MAX_REGIONS);
-    }
-    int n = rcolo_region_table_decode(buf, len, s->remote, RCOLO_MAX_REGIONS);
+    /* Decode into a scratch table: a malformed update must not leave a
+     * half-written table behind (the session fails anyway). */
+    struct rcolo_region_entry *t =
+        g_new0(struct rcolo_region_entry, RCOLO_MAX_REGIONS);
+    int n = rcolo_region_table_decode(buf, len, t, RCOLO_MAX_REGIONS);
     if (n < 0) {
+        g_free(t);
         rcolo_session_fail_locked(s, -EPROTO,
                                   "control connection: malformed region "
                                   "table");
         return;
     }
+    g_free(s->remote);
+    s->remote = t;
     s->nremote = n;
     s->table_received = true;
 }

@@ -14,6 +14,9 @@
  *   test-transport stream         48 MiB both ways at once in odd-sized
  *                                 pieces, non-blocking reads driven by
  *                                 poll() on rcolo_stream_fd, end of stream
+ *   test-transport late-region    the secondary registers and publishes its
+ *                                 cache after the primary connected (as
+ *                                 QEMU does); the primary waits for it
  *   test-transport shutdown       rcolo_session_shutdown from another thread
  *                                 wakes blocked recv/read/fence within 1 s
  */
@@ -860,6 +863,111 @@ static int test_stream(void)
     return 0;
 }
 
+/* ------------------------------------------------------ late region */
+
+static int test_late_region(void)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    const uint64_t len = 16 << 20;
+    char port[8];
+    int fds[2];
+
+    CHECK(pipe(fds) == 0, "pipe");
+    pid_t child = fork();
+    CHECK(child >= 0, "fork");
+    if (child == 0) {
+        struct rcolo_session *s;
+        struct rcolo_channel *ch;
+        struct rcolo_desc d;
+        side = "secondary";
+        close(fds[0]);
+        uri_for(&uri, "0", NULL);
+        CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
+        uint16_t p16 = (uint16_t)rcolo_session_port(s);
+        CHECK(write(fds[1], &p16, 2) == 2, "pipe");
+        CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s",
+              err.message);
+        /* Only now does the cache exist (QEMU: ram_load_setup). */
+        usleep(200000);
+        uint8_t *cache = map_region(len);
+        CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, len, PAGE, &err) ==
+                  0,
+              "region: %s", err.message);
+        CHECK(rcolo_regions_publish(s, &err) == 0, "publish: %s", err.message);
+        CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &ch, &err) == 0,
+              "channel: %s", err.message);
+        unsigned pages = 0;
+        for (;;) {
+            CHECK(rcolo_channel_recv(ch, &d, TIMEOUT_MS) == 0, "recv: %s",
+                  rcolo_session_error(s));
+            bool fence = d.kind == RCOLO_DESC_FENCE;
+            pages += d.n;
+            CHECK(rcolo_channel_release(ch, &d) == 0, "release");
+            if (fence) {
+                break;
+            }
+        }
+        for (uint64_t off = 0; off < len; off += PAGE) {
+            CHECK(cache[off] == (uint8_t)(off / PAGE + 1),
+                  "page at %" PRIu64 " not replicated", off);
+        }
+        printf("test-transport late-region: secondary published its 16 MiB "
+               "region after accepting; %u pages arrived in it, verified\n",
+               pages);
+        fflush(stdout);
+        char c;
+        rcolo_stream_read(s, &c, 1, false); /* until the primary is done */
+        rcolo_session_destroy(s);
+        _exit(0);
+    }
+    close(fds[1]);
+    uint16_t p16;
+    CHECK(read(fds[0], &p16, 2) == 2, "secondary did not start");
+    snprintf(port, sizeof(port), "%u", p16);
+    struct rcolo_session *s;
+    struct rcolo_channel *ch;
+    uint8_t *mem = map_region(len);
+    uri_for(&uri, port, NULL);
+    uri.channels = 1;
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &s, &err) == 0, "connect: %s",
+          err.message);
+    /* Not advertised yet: adding it must be refused, waiting must work. */
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", mem, len, PAGE, &err) ==
+              -ENOENT,
+          "region added before it was advertised");
+    double t0 = now_s();
+    CHECK(rcolo_region_wait(s, MAIN_ID, TIMEOUT_MS, &err) == 0, "wait: %s",
+          err.message);
+    double waited = now_s() - t0;
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", mem, len, PAGE, &err) == 0,
+          "region: %s", err.message);
+    CHECK(rcolo_region_wait(s, 99, 100, &err) == -ETIMEDOUT,
+          "waiting for a region never advertised did not time out");
+    CHECK(rcolo_channel_connect(s, 0, TIMEOUT_MS, &ch, &err) == 0,
+          "channel: %s", err.message);
+    static uint64_t offs[BATCH];
+    for (uint64_t off = 0; off < len;) {
+        unsigned n = 0;
+        while (n < BATCH && off < len) {
+            mem[off] = (uint8_t)(off / PAGE + 1);
+            offs[n++] = off;
+            off += PAGE;
+        }
+        CHECK(rcolo_write_pages(ch, MAIN_ID, offs, n, NULL, 0) == 0,
+              "write: %s", rcolo_session_error(s));
+    }
+    CHECK(rcolo_fence(s, TIMEOUT_MS) == 0, "fence: %s", rcolo_session_error(s));
+    rcolo_stream_close(s);
+    int rc = wait_child(child);
+    CHECK(rc == 0, "secondary exited %d", rc);
+    printf("test-transport late-region: the primary waited %.3f s for the "
+           "region, was refused it before, timed out on an unknown one\n",
+           waited);
+    rcolo_session_destroy(s);
+    return 0;
+}
+
 /* --------------------------------------------------------- shutdown */
 
 struct blocked {
@@ -1009,6 +1117,8 @@ int main(int argc, char **argv)
         return test_kill_primary();
     } else if (!strcmp(test_name, "stream")) {
         return test_stream();
+    } else if (!strcmp(test_name, "late-region")) {
+        return test_late_region();
     } else if (!strcmp(test_name, "shutdown")) {
         return test_shutdown();
     }
