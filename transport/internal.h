@@ -32,8 +32,9 @@ int rcolo_set_error(struct rcolo_error *err, int code, const char *fmt, ...)
 /* ------------------------------------------------------- work requests */
 
 /*
- * Every wr_id points at one of these, embedded in the object it belongs to
- * and recovered with container_of (SPDK style); the tag says which.
+ * Every wr_id points at one of these (SPDK style, no bit-packing): it lives
+ * in the slot ring or channel it belongs to, and its tag says what the
+ * work request was.
  */
 enum rcolo_wr_type {
     RCOLO_WR_WRITE = 1, /* RDMA WRITE (only every k-th is signaled) */
