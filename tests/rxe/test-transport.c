@@ -550,6 +550,10 @@ static int test_replicate(void)
 
     struct rcolo_session_stats st;
     rcolo_session_get_stats(p->s, &st);
+    /* Registration mode was probed from the device: pinned unless the
+     * device reports RC write on-demand paging (rxe on 6.1 does not). */
+    int odp = rcolo_session_odp(p->s);
+    CHECK(odp == 0 || odp == 1, "ODP capability not probed: %d", odp);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary exited %d", rc);
     printf("test-transport replicate: device %s: %u checkpoints over %d "
@@ -557,10 +561,13 @@ static int test_replicate(void)
            "%" PRIu64 " pages dirtied, %" PRIu64 " bytes RDMA-written in "
            "%" PRIu64 " WRs, %" PRIu64 " descriptors, %" PRIu64 " fences "
            "(mean %.1f us); secondary's guest copy verified equal (hash of "
-           "256 MiB + 32 MiB) after every checkpoint; %.1f s\n",
+           "256 MiB + 32 MiB) after every checkpoint; memory %s; %.1f s\n",
            getenv("RDMA_COLO_TEST_DEV"), CHECKPOINTS, CHANNELS, total_pages,
            st.total.bytes, st.total.write_wrs, st.total.descriptors, st.fences,
-           st.fences ? st.fence_ns_total / 1e3 / st.fences : 0.0, now_s() - t0);
+           st.fences ? st.fence_ns_total / 1e3 / st.fences : 0.0,
+           odp ? "on-demand paged (device has RC write ODP)"
+               : "pinned (device has no RC write ODP)",
+           now_s() - t0);
     primary_close(p);
     return 0;
 }
