@@ -82,9 +82,10 @@ static int fail_va(struct rcolo_session *s, int code, const char *fmt,
                    va_list ap)
 {
     if (s->status == 0) {
-        s->status = code < 0 ? code : -EIO;
-        s->state = RCOLO_SESSION_FAILED;
+        /* The text first: lock-free readers check status, then read it. */
         vsnprintf(s->error, sizeof(s->error), fmt, ap);
+        __atomic_store_n(&s->status, code < 0 ? code : -EIO, __ATOMIC_RELEASE);
+        s->state = RCOLO_SESSION_FAILED;
         uint64_t one = 1;
         if (write(s->abort_fd, &one, sizeof(one)) < 0) {
             /* eventfd write cannot fail short of overflow */
