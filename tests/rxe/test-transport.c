@@ -605,8 +605,11 @@ static int test_oob_descriptor(void)
     struct primary *p = connect_primary(port, NULL);
     uint64_t off = 0;
 
+    /* A first fence: every channel of the secondary is up and served. */
+    int ret = rcolo_fence(p->s, TIMEOUT_MS);
+    CHECK(ret == 0, "first fence: %d (%s)", ret, rcolo_session_error(p->s));
     rcolo_test_set_hook(RCOLO_TEST_DESC_OUT_OF_BOUNDS);
-    int ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
+    ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
     CHECK(ret == 0, "posting the hostile descriptor: %d", ret);
     double t0 = now_s();
     ret = rcolo_fence(p->s, 10000);
