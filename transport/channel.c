@@ -695,6 +695,22 @@ int rcolo_channel_recv(struct rcolo_channel *ch, struct rcolo_desc *desc,
             return take_descriptor(ch, desc);
         }
         if (timeout_ms == 0) {
+            /* Event-loop use: consume stale events, arm, and look once more
+             * (a completion may have raced with arming), so that
+             * rcolo_channel_fd() polls readable exactly when work comes. */
+            struct ibv_cq *cq;
+            void *ctx;
+            while (ibv_get_cq_event(ch->res.comp, &cq, &ctx) == 0) {
+                ibv_ack_cq_events(cq, 1);
+            }
+            ibv_req_notify_cq(ch->res.cq, 0);
+            int ret = chan_progress(ch);
+            if (ret < 0) {
+                return ret;
+            }
+            if (ch->ready_count) {
+                continue;
+            }
             return -EAGAIN;
         }
         int ret = chan_block(ch, deadline);

@@ -278,8 +278,9 @@ int rcolo_channel_recv(struct rcolo_channel *ch, struct rcolo_desc *desc,
  * primary; for a fence, acks it).  Returns 0 or -errno. */
 int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc);
 
-/* Descriptor's pollable fd for event loops (the channel's completion
- * channel); readable when rcolo_channel_recv may have work. */
+/* A pollable fd for event loops (the channel's completion channel): after
+ * rcolo_channel_recv(..., 0) returned -EAGAIN it polls readable once a
+ * descriptor may be there; call rcolo_channel_recv(..., 0) again then. */
 int rcolo_channel_fd(struct rcolo_channel *ch);
 
 /* --------------------------------------------------------------- stream */
