@@ -259,6 +259,7 @@ int rcolo_regions_register_all(struct rcolo_session *s,
 void rcolo_region_free(gpointer p);
 int rcolo_region_table_build(struct rcolo_session *s, uint8_t *buf, size_t size,
                              size_t *len);
+int rcolo_region_table_send_locked(struct rcolo_session *s, int64_t deadline);
 
 /* channel.c */
 int rcolo_channel_setup(struct rcolo_channel *ch, struct rcolo_error *err);

@@ -235,10 +235,35 @@ int rcolo_region_table_build(struct rcolo_session *s, uint8_t *buf, size_t size,
     return *len ? 0 : -EMSGSIZE;
 }
 
-int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
+/* Send the region table on the control connection (locked).  It uses one
+ * of the peer's stream slots, like stream data: wait for a credit and a
+ * send slot until @deadline. */
+int rcolo_region_table_send_locked(struct rcolo_session *s, int64_t deadline)
 {
     uint32_t slot;
     size_t len;
+    int ret;
+
+    while (s->status == 0 && s->stream.credits.avail == 0) {
+        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
+            return -ETIMEDOUT;
+        }
+    }
+    ret = s->status ? s->status
+                    : rcolo_ctl_get_send_slot_locked(s, deadline, &slot);
+    if (ret == 0) {
+        ret = rcolo_region_table_build(s, rcolo_slot_buf(&s->ctl_send, slot),
+                                       s->ctl_send.size, &len);
+    }
+    if (ret == 0) {
+        rcolo_credits_take(&s->stream.credits);
+        ret = rcolo_ctl_post_send_locked(s, slot, (uint32_t)len);
+    }
+    return ret;
+}
+
+int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
+{
     int ret;
 
     if (s->role != RCOLO_SECONDARY) {
@@ -249,19 +274,7 @@ int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
         pthread_mutex_unlock(&s->lock);
         return rcolo_set_error(err, -ENOTCONN, "no primary connected yet");
     }
-    /* The table uses one of the peer's stream slots, like stream data. */
-    while (s->status == 0 && s->stream.credits.avail == 0) {
-        rcolo_session_wait_locked(s, -1);
-    }
-    ret = s->status ? s->status : rcolo_ctl_get_send_slot_locked(s, -1, &slot);
-    if (ret == 0) {
-        ret = rcolo_region_table_build(s, rcolo_slot_buf(&s->ctl_send, slot),
-                                       s->ctl_send.size, &len);
-    }
-    if (ret == 0) {
-        rcolo_credits_take(&s->stream.credits);
-        ret = rcolo_ctl_post_send_locked(s, slot, (uint32_t)len);
-    }
+    ret = rcolo_region_table_send_locked(s, -1);
     if (ret) {
         rcolo_set_error(err, ret, "cannot publish regions: %s",
                         s->status ? s->error : strerror(-ret));

@@ -247,25 +247,13 @@ static void ctl_teardown(struct rcolo_session *s)
     rcolo_slots_fini(&s->ctl_recv);
 }
 
-/* Secondary: the control connection is up; send the region table. */
+/* Secondary: the control connection is up; send the region table.  Runs
+ * in the session thread, which is what frees send slots: all are free now,
+ * and it is the first message, so a credit is there too. */
 static void ctl_established_locked(struct rcolo_session *s)
 {
-    uint32_t slot;
-    size_t len;
-    int ret;
-
     s->ctl_established = true;
-    ret = rcolo_ctl_get_send_slot_locked(s, rcolo_deadline(1000), &slot);
-    if (ret == 0) {
-        ret = rcolo_region_table_build(s, rcolo_slot_buf(&s->ctl_send, slot),
-                                       s->ctl_send.size, &len);
-        if (ret == 0) {
-            /* The table takes a stream slot of the peer: it is the first
-             * message, so a credit is always there. */
-            rcolo_credits_take(&s->stream.credits);
-            ret = rcolo_ctl_post_send_locked(s, slot, (uint32_t)len);
-        }
-    }
+    int ret = rcolo_region_table_send_locked(s, rcolo_deadline(0));
     if (ret) {
         rcolo_session_fail_locked(s, ret, "cannot send region table: %s",
                                   strerror(-ret));
