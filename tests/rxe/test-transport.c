@@ -320,8 +320,10 @@ static int run_secondary(int port_fd, const char *token, bool expect_refusal)
     return result == -EPROTO ? 42 : (result ? 1 : 0);
 }
 
-static pid_t fork_secondary(char *port, size_t size, const char *token,
-                            bool expect_refusal)
+/* Fork a peer process running @fn(@port_fd, @arg) (it listens on port 0
+ * and writes the port to @port_fd); return its pid and the port. */
+static pid_t fork_peer(int (*fn)(int port_fd, void *arg), void *arg, char *port,
+                       size_t size)
 {
     int fds[2];
     CHECK(pipe(fds) == 0, "pipe");
@@ -329,8 +331,9 @@ static pid_t fork_secondary(char *port, size_t size, const char *token,
     CHECK(pid >= 0, "fork");
     if (pid == 0) {
         close(fds[0]);
+        side = "secondary";
         alarm(300);
-        _exit(run_secondary(fds[1], token, expect_refusal));
+        _exit(fn(fds[1], arg));
     }
     close(fds[1]);
     uint16_t p;
@@ -338,6 +341,51 @@ static pid_t fork_secondary(char *port, size_t size, const char *token,
     close(fds[0]);
     snprintf(port, size, "%u", p);
     return pid;
+}
+
+/* In a forked peer: listen on port 0 ... */
+static struct rcolo_session *listen_port0(void)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *s;
+
+    uri_for(&uri, "0", NULL);
+    CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
+    return s;
+}
+
+/* ... and tell the parent the port (then the primary may connect). */
+static struct rcolo_session *report_port(struct rcolo_session *s, int port_fd)
+{
+    uint16_t p16 = (uint16_t)rcolo_session_port(s);
+    CHECK(write(port_fd, &p16, 2) == 2, "pipe");
+    close(port_fd);
+    return s;
+}
+
+static struct rcolo_session *listen_and_report(int port_fd)
+{
+    return report_port(listen_port0(), port_fd);
+}
+
+struct secondary_args {
+    const char *token;
+    bool expect_refusal;
+};
+
+static int secondary_main(int port_fd, void *opaque)
+{
+    struct secondary_args *a = opaque;
+    return run_secondary(port_fd, a->token, a->expect_refusal);
+}
+
+static pid_t fork_secondary(char *port, size_t size, const char *token,
+                            bool expect_refusal)
+{
+    static struct secondary_args a;
+    a = (struct secondary_args){token, expect_refusal};
+    return fork_peer(secondary_main, &a, port, size);
 }
 
 static int wait_child(pid_t pid)
@@ -823,35 +871,25 @@ static void stream_side(struct rcolo_session *s, uint32_t send, uint32_t recv,
     fflush(stdout);
 }
 
+static int stream_secondary(int port_fd, void *arg)
+{
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = listen_and_report(port_fd);
+
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    stream_side(s, STREAM_DOWN, STREAM_UP, "secondary");
+    rcolo_session_destroy(s);
+    return 0;
+}
+
 static int test_stream(void)
 {
     struct rcolo_uri uri;
     struct rcolo_error err = {0};
-    char port[8];
-    int fds[2];
-
-    CHECK(pipe(fds) == 0, "pipe");
-    pid_t child = fork();
-    CHECK(child >= 0, "fork");
-    if (child == 0) {
-        struct rcolo_session *s;
-        side = "secondary";
-        close(fds[0]);
-        uri_for(&uri, "0", NULL);
-        CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
-        uint16_t p16 = (uint16_t)rcolo_session_port(s);
-        CHECK(write(fds[1], &p16, 2) == 2, "pipe");
-        CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s",
-              err.message);
-        stream_side(s, STREAM_DOWN, STREAM_UP, "secondary");
-        rcolo_session_destroy(s);
-        _exit(0);
-    }
-    close(fds[1]);
-    uint16_t p16;
-    CHECK(read(fds[0], &p16, 2) == 2, "secondary did not start");
-    snprintf(port, sizeof(port), "%u", p16);
     struct rcolo_session *s;
+    char port[8];
+
+    pid_t child = fork_peer(stream_secondary, NULL, port, sizeof(port));
     uri_for(&uri, port, NULL);
     CHECK(rcolo_connect(&uri, TIMEOUT_MS, &s, &err) == 0, "connect: %s",
           err.message);
@@ -875,76 +913,68 @@ static int test_stream(void)
 
 /* ------------------------------------------------------ late region */
 
+#define LATE_LEN (16ull << 20)
+
+static int late_region_secondary(int port_fd, void *arg)
+{
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = listen_and_report(port_fd);
+    struct rcolo_channel *ch;
+    struct rcolo_desc d;
+    const uint64_t len = LATE_LEN;
+
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    /* Only now does the cache exist (QEMU: ram_load_setup). */
+    usleep(200000);
+    uint8_t *cache = map_region(len);
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, len, PAGE, &err) == 0,
+          "region: %s", err.message);
+    CHECK(rcolo_regions_publish(s, &err) == 0, "publish: %s", err.message);
+    CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &ch, &err) == 0, "channel: %s",
+          err.message);
+    /* Event-loop style: non-blocking recv, poll() on the channel fd. */
+    unsigned pages = 0, polls = 0;
+    struct pollfd pfd = {.fd = rcolo_channel_fd(ch), .events = POLLIN};
+    for (;;) {
+        int r = rcolo_channel_recv(ch, &d, 0);
+        if (r == -EAGAIN) {
+            CHECK(poll(&pfd, 1, TIMEOUT_MS) == 1,
+                  "channel fd never became readable");
+            polls++;
+            continue;
+        }
+        CHECK(r == 0, "recv: %s", rcolo_session_error(s));
+        bool fence = d.kind == RCOLO_DESC_FENCE;
+        pages += d.n;
+        CHECK(rcolo_channel_release(ch, &d) == 0, "release");
+        if (fence) {
+            break;
+        }
+    }
+    for (uint64_t off = 0; off < len; off += PAGE) {
+        CHECK(cache[off] == (uint8_t)(off / PAGE + 1),
+              "page at %" PRIu64 " not replicated", off);
+    }
+    printf("test-transport late-region: secondary published its 16 MiB "
+           "region after accepting; %u pages arrived in it, verified; "
+           "descriptors taken from a poll() loop on the channel fd "
+           "(%u wake-ups)\n",
+           pages, polls);
+    fflush(stdout);
+    char c;
+    rcolo_stream_read(s, &c, 1, false); /* until the primary is done */
+    rcolo_session_destroy(s);
+    return 0;
+}
+
 static int test_late_region(void)
 {
     struct rcolo_uri uri;
     struct rcolo_error err = {0};
-    const uint64_t len = 16 << 20;
+    const uint64_t len = LATE_LEN;
     char port[8];
-    int fds[2];
 
-    CHECK(pipe(fds) == 0, "pipe");
-    pid_t child = fork();
-    CHECK(child >= 0, "fork");
-    if (child == 0) {
-        struct rcolo_session *s;
-        struct rcolo_channel *ch;
-        struct rcolo_desc d;
-        side = "secondary";
-        close(fds[0]);
-        uri_for(&uri, "0", NULL);
-        CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
-        uint16_t p16 = (uint16_t)rcolo_session_port(s);
-        CHECK(write(fds[1], &p16, 2) == 2, "pipe");
-        CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s",
-              err.message);
-        /* Only now does the cache exist (QEMU: ram_load_setup). */
-        usleep(200000);
-        uint8_t *cache = map_region(len);
-        CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, len, PAGE, &err) ==
-                  0,
-              "region: %s", err.message);
-        CHECK(rcolo_regions_publish(s, &err) == 0, "publish: %s", err.message);
-        CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &ch, &err) == 0,
-              "channel: %s", err.message);
-        /* Event-loop style: non-blocking recv, poll() on the channel fd. */
-        unsigned pages = 0, polls = 0;
-        struct pollfd pfd = {.fd = rcolo_channel_fd(ch), .events = POLLIN};
-        for (;;) {
-            int r = rcolo_channel_recv(ch, &d, 0);
-            if (r == -EAGAIN) {
-                CHECK(poll(&pfd, 1, TIMEOUT_MS) == 1,
-                      "channel fd never became readable");
-                polls++;
-                continue;
-            }
-            CHECK(r == 0, "recv: %s", rcolo_session_error(s));
-            bool fence = d.kind == RCOLO_DESC_FENCE;
-            pages += d.n;
-            CHECK(rcolo_channel_release(ch, &d) == 0, "release");
-            if (fence) {
-                break;
-            }
-        }
-        for (uint64_t off = 0; off < len; off += PAGE) {
-            CHECK(cache[off] == (uint8_t)(off / PAGE + 1),
-                  "page at %" PRIu64 " not replicated", off);
-        }
-        printf("test-transport late-region: secondary published its 16 MiB "
-               "region after accepting; %u pages arrived in it, verified; "
-               "descriptors taken from a poll() loop on the channel fd "
-               "(%u wake-ups)\n",
-               pages, polls);
-        fflush(stdout);
-        char c;
-        rcolo_stream_read(s, &c, 1, false); /* until the primary is done */
-        rcolo_session_destroy(s);
-        _exit(0);
-    }
-    close(fds[1]);
-    uint16_t p16;
-    CHECK(read(fds[0], &p16, 2) == 2, "secondary did not start");
-    snprintf(port, sizeof(port), "%u", p16);
+    pid_t child = fork_peer(late_region_secondary, NULL, port, sizeof(port));
     struct rcolo_session *s;
     struct rcolo_channel *ch;
     uint8_t *mem = map_region(len);
@@ -1024,67 +1054,62 @@ static void *blocked_thread(void *opaque)
     return NULL;
 }
 
+static int shutdown_secondary(int port_fd, void *arg)
+{
+    int *go = arg;
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = listen_port0();
+
+    /* Secondary: accepts, then never releases anything, so the
+     * primary's fence blocks; both sides shut down from a thread. */
+    struct blocked b[2] = {{.fn = block_recv}, {.fn = block_read}};
+    close(go[1]);
+    uint8_t *cache = map_region(1 << 20);
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, 1 << 20, PAGE, &err) ==
+              0,
+          "region: %s", err.message);
+    /* Registered before the port is told: in the first region table. */
+    report_port(s, port_fd);
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &b[0].ch, &err) == 0,
+          "channel: %s", err.message);
+    /* Wait until the primary's fence is pending, then block. */
+    char c;
+    CHECK(read(go[0], &c, 1) == 1, "go");
+    struct rcolo_desc d;
+    CHECK(rcolo_channel_recv(b[0].ch, &d, TIMEOUT_MS) == 0 &&
+              d.kind == RCOLO_DESC_FENCE,
+          "fence descriptor");
+    b[1].s = s;
+    pthread_create(&b[1].tid, NULL, blocked_thread, &b[1]);
+    usleep(300000);
+    double t0 = now_s();
+    rcolo_session_shutdown(s); /* the fence is never released */
+    pthread_join(b[1].tid, NULL);
+    CHECK(b[1].ret == -ESHUTDOWN, "blocked read returned %d", b[1].ret);
+    CHECK(b[1].woke - t0 < 1.0, "blocked read woke after %.2f s",
+          b[1].woke - t0);
+    CHECK(rcolo_channel_recv(b[0].ch, &d, -1) == -ESHUTDOWN,
+          "recv after shutdown");
+    printf("test-transport shutdown (secondary): a thread blocked in "
+           "rcolo_stream_read woke %.3f s after rcolo_session_shutdown "
+           "with -ESHUTDOWN\n",
+           b[1].woke - t0);
+    fflush(stdout);
+    rcolo_session_destroy(s);
+    return 0;
+}
+
 static int test_shutdown(void)
 {
     struct rcolo_uri uri;
     struct rcolo_error err = {0};
     char port[8];
-    int fds[2], go[2];
+    static int go[2];
 
-    CHECK(pipe(fds) == 0 && pipe(go) == 0, "pipe");
-    pid_t child = fork();
-    CHECK(child >= 0, "fork");
-    if (child == 0) {
-        /* Secondary: accepts, then never releases anything, so the
-         * primary's fence blocks; both sides shut down from a thread. */
-        struct rcolo_session *s;
-        struct blocked b[2] = {{.fn = block_recv}, {.fn = block_read}};
-        side = "secondary";
-        close(fds[0]);
-        close(go[1]);
-        uint8_t *cache = map_region(1 << 20);
-        uri_for(&uri, "0", NULL);
-        CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
-        CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, 1 << 20, PAGE,
-                               &err) == 0,
-              "region: %s", err.message);
-        uint16_t p16 = (uint16_t)rcolo_session_port(s);
-        CHECK(write(fds[1], &p16, 2) == 2, "pipe");
-        CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s",
-              err.message);
-        CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &b[0].ch, &err) == 0,
-              "channel: %s", err.message);
-        /* Wait until the primary's fence is pending, then block. */
-        char c;
-        CHECK(read(go[0], &c, 1) == 1, "go");
-        struct rcolo_desc d;
-        CHECK(rcolo_channel_recv(b[0].ch, &d, TIMEOUT_MS) == 0 &&
-                  d.kind == RCOLO_DESC_FENCE,
-              "fence descriptor");
-        b[1].s = s;
-        pthread_create(&b[1].tid, NULL, blocked_thread, &b[1]);
-        usleep(300000);
-        double t0 = now_s();
-        rcolo_session_shutdown(s); /* the fence is never released */
-        pthread_join(b[1].tid, NULL);
-        CHECK(b[1].ret == -ESHUTDOWN, "blocked read returned %d", b[1].ret);
-        CHECK(b[1].woke - t0 < 1.0, "blocked read woke after %.2f s",
-              b[1].woke - t0);
-        CHECK(rcolo_channel_recv(b[0].ch, &d, -1) == -ESHUTDOWN,
-              "recv after shutdown");
-        printf("test-transport shutdown (secondary): a thread blocked in "
-               "rcolo_stream_read woke %.3f s after rcolo_session_shutdown "
-               "with -ESHUTDOWN\n",
-               b[1].woke - t0);
-        fflush(stdout);
-        rcolo_session_destroy(s);
-        _exit(0);
-    }
-    close(fds[1]);
+    CHECK(pipe(go) == 0, "pipe");
+    pid_t child = fork_peer(shutdown_secondary, go, port, sizeof(port));
     close(go[0]);
-    uint16_t p16;
-    CHECK(read(fds[0], &p16, 2) == 2, "secondary did not start");
-    snprintf(port, sizeof(port), "%u", p16);
     struct rcolo_session *s;
     struct blocked b = {.fn = block_fence};
     uint8_t *mem = map_region(1 << 20);
