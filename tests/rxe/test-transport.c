@@ -657,18 +657,22 @@ static int test_oob_descriptor(void)
     int ret = rcolo_fence(p->s, TIMEOUT_MS);
     CHECK(ret == 0, "first fence: %d (%s)", ret, rcolo_session_error(p->s));
     rcolo_test_set_hook(RCOLO_TEST_DESC_OUT_OF_BOUNDS);
-    ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
-    CHECK(ret == 0, "posting the hostile descriptor: %d", ret);
     double t0 = now_s();
-    ret = rcolo_fence(p->s, 10000);
+    ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
+    /* The descriptor is posted; the secondary may reject it and end the
+     * session before write_pages has even returned (it reaps completions
+     * on its way out), so an error here is the same outcome, earlier. */
+    if (ret == 0) {
+        ret = rcolo_fence(p->s, 10000);
+    }
     double dt = now_s() - t0;
     CHECK(ret != 0 && ret != -ETIMEDOUT,
-          "fence after a hostile descriptor returned %d", ret);
+          "the primary carried on after a hostile descriptor: %d", ret);
     int rc = wait_child(child);
     CHECK(rc == 42, "secondary did not reject the descriptor (exit %d)", rc);
     printf("test-transport oob-descriptor: secondary rejected a descriptor "
            "pointing one page past its 256 MiB region (-EPROTO) and ended "
-           "the session; the primary's fence failed after %.2f s with: %s\n",
+           "the session; the primary failed after %.2f s with: %s\n",
            dt, rcolo_session_error(p->s));
     primary_close(p);
     return 0;
