@@ -23,6 +23,8 @@ trap 'rm -f "$out" "$err"' EXIT
     exit 3' >"$out" 2>"$err"
 rc=$?
 cat "$out"
+# On a fabric failure, say why (with-rxe's own message is on stderr).
+[ $rc = 3 ] || sed 's/^/stderr: /' "$err"
 check "exit status 3 propagated (got $rc)" $([ $rc = 3 ]; echo $?)
 check "device named in RDMA_COLO_TEST_DEV" $(grep -qE '^dev=[^ ]+ addr=[0-9.]+ ' "$out"; echo $?)
 check "device port is ACTIVE" $(grep -qx port-active "$out"; echo $?)
