@@ -37,6 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -295,6 +296,14 @@ int rcolo_channel_fd(struct rcolo_channel *ch);
  */
 ssize_t rcolo_stream_write(struct rcolo_session *s, const void *buf, size_t len,
                            bool nonblock);
+/*
+ * Write the @iovcnt elements of @iov in order, as rcolo_stream_write does
+ * for one buffer, packing them into as few messages as fit (small elements
+ * share one).  Returns the bytes accepted, -EAGAIN (@nonblock, nothing
+ * accepted), -EINVAL for a bad @iov, or the session's error.
+ */
+ssize_t rcolo_stream_writev(struct rcolo_session *s, const struct iovec *iov,
+                            int iovcnt, bool nonblock);
 ssize_t rcolo_stream_read(struct rcolo_session *s, void *buf, size_t len,
                           bool nonblock);
 
@@ -331,6 +340,8 @@ struct rcolo_session_stats {
     uint64_t fence_ns_last;
     uint64_t stream_bytes_sent;
     uint64_t stream_bytes_received;
+    uint64_t stream_messages_sent; /* STREAM messages posted (at most
+                                      64 KiB of payload each) */
 };
 
 /* Copy counters.  Returns 0 or -EINVAL. */

@@ -12,11 +12,16 @@
  *   test-transport kill-secondary the primary errors out, no hang
  *   test-transport kill-primary   the secondary errors out, no hang
  *   test-transport stream         48 MiB both ways at once in odd-sized
- *                                 pieces, non-blocking reads driven by
+ *                                 pieces (write, and writev of many tiny
+ *                                 elements, which must share messages),
+ *                                 non-blocking reads driven by
  *                                 poll() on rcolo_stream_fd, end of stream
  *   test-transport late-region    the secondary registers and publishes its
  *                                 cache after the primary connected (as
  *                                 QEMU does); the primary waits for it
+ *   test-transport stream-rate    (benchmark, not in the suite) stream MB/s
+ *                                 for QEMUFile-shaped vectors: a write per
+ *                                 element versus one writev per vector
  *   test-transport shutdown       rcolo_session_shutdown from another thread
  *                                 wakes blocked recv/read/fence within 1 s
  */
@@ -800,7 +805,43 @@ struct stream_writer {
     struct rcolo_session *s;
     uint32_t len;
     uint64_t seed;
+    uint64_t calls;    /* rcolo_stream_write/writev calls */
+    uint64_t elements; /* buffers handed over (iov elements) */
 };
+
+/*
+ * Hand @buf over as QEMU's QEMUFile does: a vector of up to 64 elements,
+ * many of them tiny (8-byte headers between 4 KiB pages).
+ */
+static void stream_writev_all(struct stream_writer *w, uint8_t *buf, size_t n,
+                              uint64_t *rng)
+{
+    struct iovec iov[64];
+    size_t off = 0;
+
+    while (off < n) {
+        int cnt = 0;
+        size_t len = 0;
+
+        while (cnt < 64 && off + len < n) {
+            size_t piece = xorshift(rng) % 3 ? 1 + xorshift(rng) % 16
+                                             : 1 + xorshift(rng) % 5000;
+            if (piece > n - off - len) {
+                piece = n - off - len;
+            }
+            iov[cnt].iov_base = buf + off + len;
+            iov[cnt].iov_len = piece;
+            len += piece;
+            cnt++;
+        }
+        ssize_t r = rcolo_stream_writev(w->s, iov, cnt, false);
+        CHECK(r == (ssize_t)len, "stream writev: %zd of %zu (%s)", r, len,
+              rcolo_session_error(w->s));
+        w->calls++;
+        w->elements += (uint64_t)cnt;
+        off += len;
+    }
+}
 
 static void *stream_writer_thread(void *opaque)
 {
@@ -816,7 +857,13 @@ static void *stream_writer_thread(void *opaque)
         for (size_t i = 0; i < n; i++) {
             buf[i] = (uint8_t)((pos + i) * 131 + (pos + i) / 4099);
         }
-        stream_write_all(w->s, buf, n);
+        if (xorshift(&rng) % 2) {
+            stream_write_all(w->s, buf, n);
+            w->calls++;
+            w->elements++;
+        } else {
+            stream_writev_all(w, buf, n, &rng);
+        }
         pos += n;
     }
     CHECK(rcolo_stream_close(w->s) == 0, "stream close");
@@ -864,6 +911,24 @@ static void stream_side(struct rcolo_session *s, uint32_t send, uint32_t recv,
     pthread_create(&tid, NULL, stream_writer_thread, &w);
     uint64_t got = stream_read_verify(s, recv * 7ull, &polls);
     pthread_join(tid, NULL);
+    /*
+     * Packing: each call may end in a part-filled message, but no more.
+     * One message per element (no packing) would exceed this bound.
+     */
+    struct rcolo_session_stats st;
+    rcolo_session_get_stats(s, &st);
+    uint64_t bound = send / 65536 + w.calls;
+    CHECK(st.stream_messages_sent <= bound,
+          "%s: %" PRIu64 " stream messages for %u bytes in %" PRIu64
+          " calls (at most %" PRIu64 " expected)",
+          who, st.stream_messages_sent, send, w.calls, bound);
+    CHECK(w.elements > bound,
+          "%s: the test handed over too few small "
+          "elements (%" PRIu64 ") to show packing",
+          who, w.elements);
+    printf("test-transport stream: %s wrote %" PRIu64 " buffers in %" PRIu64
+           " calls as %" PRIu64 " messages (at most 64 KiB each)\n",
+           who, w.elements, w.calls, st.stream_messages_sent);
     CHECK(got == recv,
           "%s read %" PRIu64 " bytes before end of stream, "
           "expected %u",
@@ -1146,6 +1211,76 @@ static int test_shutdown(void)
     rcolo_session_destroy(s);
     return 0;
 }
+/* ------------------------------------------------- stream-rate (bench) */
+
+/*
+ * Not a test (no meson entry; figures are printed, never asserted): the
+ * stream's rate for QEMUFile-shaped writes, 8-byte headers between 4 KiB
+ * pages, 64 elements per call, alternately one rcolo_stream_write per
+ * element (as the QEMU glue did before rcolo_stream_writev) and one
+ * rcolo_stream_writev per vector.  docs/benchmarks.md quotes it.
+ */
+#define RATE_BYTES  (24u << 20)
+#define RATE_ROUNDS 4
+
+static int rate_secondary(int port_fd, void *arg)
+{
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = listen_and_report(port_fd);
+    static uint8_t buf[1 << 20];
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    while (rcolo_stream_read(s, buf, sizeof(buf), false) > 0) {
+    }
+    rcolo_session_destroy(s);
+    return 0;
+}
+
+static int test_stream_rate(void)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *s;
+    char port[8];
+    static uint8_t page[4096], hdr[8];
+    pid_t child = fork_peer(rate_secondary, NULL, port, sizeof(port));
+    uri_for(&uri, port, NULL);
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &s, &err) == 0, "connect: %s",
+          err.message);
+    for (int r = 0; r < RATE_ROUNDS; r++) {
+        bool vec = r % 2;
+        struct rcolo_session_stats a, b;
+        rcolo_session_get_stats(s, &a);
+        double t0 = now_s();
+        for (size_t done = 0; done < RATE_BYTES; done += 32 * (4096 + 8)) {
+            struct iovec iov[64];
+            for (int k = 0; k < 32; k++) {
+                iov[2 * k] = (struct iovec){hdr, 8};
+                iov[2 * k + 1] = (struct iovec){page, 4096};
+            }
+            if (vec) {
+                CHECK(rcolo_stream_writev(s, iov, 64, false) == 32 * 4104,
+                      "stream writev: %s", rcolo_session_error(s));
+            } else {
+                for (int k = 0; k < 64; k++) {
+                    CHECK(rcolo_stream_write(s, iov[k].iov_base, iov[k].iov_len,
+                                             false) == (ssize_t)iov[k].iov_len,
+                          "stream write: %s", rcolo_session_error(s));
+                }
+            }
+        }
+        double dt = now_s() - t0;
+        rcolo_session_get_stats(s, &b);
+        printf("stream-rate %-12s %.1f MB/s, %" PRIu64 " messages\n",
+               vec ? "writev" : "per-element",
+               (b.stream_bytes_sent - a.stream_bytes_sent) / dt / 1e6,
+               b.stream_messages_sent - a.stream_messages_sent);
+        fflush(stdout);
+    }
+    CHECK(rcolo_stream_close(s) == 0, "stream close");
+    CHECK(wait_child(child) == 0, "secondary failed");
+    rcolo_session_destroy(s);
+    return 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -1168,6 +1303,8 @@ int main(int argc, char **argv)
         return test_stream();
     } else if (!strcmp(test_name, "late-region")) {
         return test_late_region();
+    } else if (!strcmp(test_name, "stream-rate")) {
+        return test_stream_rate();
     } else if (!strcmp(test_name, "shutdown")) {
         return test_shutdown();
     }
