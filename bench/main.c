@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "rdma-colo.h"
 
 static void usage(FILE *f)
 {
@@ -58,7 +59,8 @@ static void usage(FILE *f)
         "                                  (default): fence if there are more "
         "CPUs\n"
         "                                  than channels, else none\n"
-        "  --quiet                         no progress line\n");
+        "  --quiet                         no progress line\n"
+        "  --version                       print the version and exit\n");
 }
 
 static uint64_t parse_size(const char *s)
@@ -127,7 +129,8 @@ static void parse(int argc, char **argv, struct options *o)
         O_JSON,
         O_PLOT,
         O_QUIET,
-        O_BUSY
+        O_BUSY,
+        O_VERSION
     };
     static const struct option lo[] = {
         {"role", 1, 0, O_ROLE},
@@ -153,7 +156,9 @@ static void parse(int argc, char **argv, struct options *o)
         {"plot", 1, 0, O_PLOT},
         {"quiet", 0, 0, O_QUIET},
         {"busy-poll", 1, 0, O_BUSY},
+        /* informational */
         {"help", 0, 0, 'h'},
+        {"version", 0, 0, O_VERSION},
         {0, 0, 0, 0},
     };
     *o = (struct options){
@@ -281,6 +286,10 @@ static void parse(int argc, char **argv, struct options *o)
             break;
         case 'h':
             usage(stdout);
+            exit(0);
+        case O_VERSION:
+            printf("rdma-colo-bench %s (rdma-colo wire protocol %d)\n",
+                   RDMA_COLO_VERSION, RCOLO_PROTOCOL_VERSION);
             exit(0);
         default:
             usage(stderr);
