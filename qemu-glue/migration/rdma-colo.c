@@ -1,0 +1,375 @@
+/*
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * rdma-colo: COLO migration over RDMA (librdmacolo) - addresses, set-up
+ * of both sides and the COLO cache registration
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "io/task.h"
+#include "qemu/cutils.h"
+#include "qemu/rcu.h"
+#include "system/memory.h"
+#include "system/ramblock.h"
+#include "channel.h"
+#include "migration.h"
+#include "options.h"
+#include "qemu-file.h"
+#include "rdma-colo-int.h"
+#include "trace.h"
+
+/* -------------------------------------------------------- addresses */
+
+bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
+{
+    struct rcolo_uri u;
+    struct rcolo_error err;
+
+    if (rcolo_uri_parse(uri, &u, &err) < 0) {
+        error_setg(errp, "%s", err.message);
+        return false;
+    }
+    if (strstr(uri, "channels=")) {
+        error_setg(errp, "rdma-colo: the number of data channels is the "
+                   "multifd-channels parameter, not a URI option");
+        return false;
+    }
+    addr->host = g_strdup(u.host);
+    addr->port = g_strdup(u.port);
+    addr->has_depth = true;
+    addr->depth = u.depth;
+    if (u.token[0]) {
+        addr->token = g_strdup(u.token);
+    }
+    return true;
+}
+
+/* Both address forms go through the library's one URI validator. */
+static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
+                                  struct rcolo_uri *uri, Error **errp)
+{
+    struct rcolo_error err;
+    g_autofree char *text = NULL;
+    bool v6 = strchr(addr->host, ':') && addr->host[0] != '[';
+    static const char token_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                      "abcdefghijklmnopqrstuvwxyz"
+                                      "0123456789._~-";
+
+    /* Nothing of the QAPI form may smuggle in URI syntax. */
+    if (strpbrk(addr->host, "?&=/") || strpbrk(addr->port, "?&=/") ||
+        (addr->token && addr->token[strspn(addr->token, token_chars)])) {
+        error_setg(errp, "rdma-colo: invalid address: host and port must not "
+                   "contain '?&=/', the token only [A-Za-z0-9._~-]");
+        return false;
+    }
+    text = g_strdup_printf("rdma-colo:%s%s%s:%s?channels=%u%s%s", v6 ? "[" : "",
+                           addr->host, v6 ? "]" : "", addr->port, channels,
+                           addr->token ? "&token=" : "",
+                           addr->token ? addr->token : "");
+    if (addr->has_depth) {
+        g_autofree char *base = g_steal_pointer(&text);
+
+        text = g_strdup_printf("%s&depth=%u", base, addr->depth);
+    }
+    if (rcolo_uri_parse(text, uri, &err) < 0) {
+        error_setg(errp, "%s", err.message);
+        return false;
+    }
+    return true;
+}
+
+static unsigned rdma_colo_data_channels(void)
+{
+    return migrate_multifd() ? migrate_multifd_channels() : 1;
+}
+
+bool rdma_colo_caps_check(bool *caps, Error **errp)
+{
+    static const MigrationCapability unsupported[] = {
+        MIGRATION_CAPABILITY_POSTCOPY_RAM,  MIGRATION_CAPABILITY_XBZRLE,
+        MIGRATION_CAPABILITY_MAPPED_RAM,    MIGRATION_CAPABILITY_ZERO_COPY_SEND,
+        MIGRATION_CAPABILITY_RDMA_PIN_ALL,
+    };
+
+    for (int i = 0; i < ARRAY_SIZE(unsupported); i++) {
+        if (caps[unsupported[i]]) {
+            error_setg(errp, "rdma-colo: capability %s is not supported",
+                       MigrationCapability_str(unsupported[i]));
+            return false;
+        }
+    }
+    if (migrate_multifd_compression() != MULTIFD_COMPRESSION_NONE) {
+        error_setg(errp, "rdma-colo: multifd compression is not supported: "
+                   "pages are written directly into the peer's memory");
+        return false;
+    }
+    if (migrate_tls()) {
+        error_setg(errp, "rdma-colo: TLS is not supported");
+        return false;
+    }
+    return true;
+}
+
+static bool rdma_colo_require_colo(Error **errp)
+{
+    if (!migrate_colo()) {
+        error_setg(errp, "rdma-colo: this transport is for COLO only: "
+                   "enable the x-colo capability on both sides");
+        return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------ incoming */
+
+/*
+ * The primary's control connection is accepted on a worker thread, not on
+ * the first stream bytes: the source may wait (in a multifd sync) for the
+ * destination's multifd threads before it flushes the stream.
+ */
+static void rdma_colo_accept_worker(QIOTask *task, gpointer opaque)
+{
+    QIOChannelRdmaColo *rioc = QIO_CHANNEL_RDMA_COLO(qio_task_get_source(task));
+    struct rcolo_error err;
+    Error *local_err = NULL;
+
+    if (rcolo_accept(rioc->sess->rs, -1, &err) < 0) {
+        error_setg(&local_err, "rdma-colo: %s", err.message);
+        qio_task_set_error(task, local_err);
+    }
+}
+
+static void rdma_colo_incoming_accepted(QIOTask *task, gpointer opaque)
+{
+    QIOChannel *ioc = QIO_CHANNEL(qio_task_get_source(task));
+    RdmaColoSession *sess = QIO_CHANNEL_RDMA_COLO(ioc)->sess;
+    MigrationIncomingState *mis = migration_incoming_get_current();
+    Error *local_err = NULL;
+    unsigned channels;
+
+    if (qio_task_propagate_error(task, &local_err) ||
+        !rdma_colo_require_colo(&local_err) ||
+        !rdma_colo_caps_check(migrate_get_current()->capabilities,
+                              &local_err)) {
+        goto fail;
+    }
+    channels = rcolo_session_channels(sess->rs);
+    if (!migrate_multifd() && channels > 1) {
+        error_setg(&local_err, "rdma-colo: the source uses %u multifd "
+                   "channels, multifd is off here", channels);
+        goto fail;
+    }
+    if (migrate_multifd() && channels != migrate_multifd_channels()) {
+        error_setg(&local_err,
+                   "rdma-colo: the source uses %u multifd channels, this "
+                   "side expects %u (multifd-channels must match)",
+                   channels, migrate_multifd_channels());
+        goto fail;
+    }
+    trace_rdma_colo_accepted(channels);
+
+    migration_channel_process_incoming(ioc);
+    /* The data channels are accepted by their own multifd threads. */
+    for (unsigned i = 0; migrate_multifd() && i < channels; i++) {
+        g_autoptr(QIOChannelRdmaColo) data = rdma_colo_channel_new(sess, i);
+
+        qio_channel_set_name(QIO_CHANNEL(data), "migration-rdma-colo-data");
+        migration_channel_process_incoming(QIO_CHANNEL(data));
+    }
+    return;
+
+fail:
+    rcolo_session_shutdown(sess->rs);
+    migrate_set_error(migrate_get_current(), local_err);
+    error_report_err(local_err);
+    migrate_set_state(&mis->state, mis->state, MIGRATION_STATUS_FAILED);
+    if (mis->exit_on_error) {
+        exit(EXIT_FAILURE);
+    }
+}
+
+void rdma_colo_start_incoming_migration(RdmaColoAddress *addr, Error **errp)
+{
+    g_autoptr(QIOChannelRdmaColo) rioc = NULL;
+    struct rcolo_session *rs = NULL;
+    struct rcolo_uri uri;
+    struct rcolo_error err;
+    RdmaColoSession *sess;
+    QIOTask *task;
+
+    if (ram_block_discard_is_required()) {
+        error_setg(errp, "rdma-colo: cannot disable RAM discard");
+        return;
+    }
+    if (!rdma_colo_addr_to_uri(addr, 1, &uri, errp)) {
+        return;
+    }
+    if (rcolo_listen(&uri, &rs, &err) < 0) {
+        error_setg(errp, "%s", err.message);
+        rcolo_session_destroy(rs);
+        return;
+    }
+    trace_rdma_colo_listen(uri.host, rcolo_session_port(rs));
+
+    sess = rdma_colo_session_new(rs, RCOLO_SECONDARY);
+    rioc = rdma_colo_channel_new(sess, -1);
+    rdma_colo_session_unref(sess);
+    qio_channel_set_name(QIO_CHANNEL(rioc), "migration-rdma-colo-incoming");
+    task = qio_task_new(OBJECT(rioc), rdma_colo_incoming_accepted, NULL, NULL);
+    qio_task_run_in_thread(task, rdma_colo_accept_worker, NULL, NULL, NULL);
+}
+
+/* ------------------------------------------------------------ outgoing */
+
+typedef struct {
+    struct rcolo_uri uri;
+    char *host;
+} RdmaColoConnect;
+
+static void rdma_colo_connect_free(gpointer opaque)
+{
+    RdmaColoConnect *c = opaque;
+
+    g_free(c->host);
+    g_free(c);
+}
+
+static void rdma_colo_connect_worker(QIOTask *task, gpointer opaque)
+{
+    QIOChannelRdmaColo *rioc = QIO_CHANNEL_RDMA_COLO(qio_task_get_source(task));
+    RdmaColoConnect *c = opaque;
+    struct rcolo_session *rs = NULL;
+    struct rcolo_error err;
+    Error *local_err = NULL;
+
+    if (rcolo_connect(&c->uri, RDMA_COLO_CONNECT_TIMEOUT_MS, &rs, &err) < 0) {
+        rcolo_session_destroy(rs);
+        error_setg(&local_err, "%s", err.message);
+        qio_task_set_error(task, local_err);
+        return;
+    }
+    rioc->sess = rdma_colo_session_new(rs, RCOLO_PRIMARY);
+    trace_rdma_colo_connected(c->uri.host, c->uri.port,
+                              rcolo_session_channels(rs));
+}
+
+static void rdma_colo_outgoing_connected(QIOTask *task, gpointer opaque)
+{
+    QIOChannel *ioc = QIO_CHANNEL(qio_task_get_source(task));
+    RdmaColoConnect *c = opaque;
+    Error *err = NULL;
+
+    qio_task_propagate_error(task, &err);
+    migration_channel_connect(migrate_get_current(), ioc, c->host, err);
+}
+
+void rdma_colo_start_outgoing_migration(MigrationState *s,
+                                        RdmaColoAddress *addr, Error **errp)
+{
+    g_autoptr(QIOChannelRdmaColo) rioc = NULL;
+    RdmaColoConnect *c;
+    QIOTask *task;
+
+    if (!rdma_colo_require_colo(errp) ||
+        !rdma_colo_caps_check(s->capabilities, errp)) {
+        return;
+    }
+    /* The source's RAM is registered (pinned) on first use. */
+    if (ram_block_discard_is_required()) {
+        error_setg(errp, "rdma-colo: cannot disable RAM discard");
+        return;
+    }
+    c = g_new0(RdmaColoConnect, 1);
+    if (!rdma_colo_addr_to_uri(addr, rdma_colo_data_channels(), &c->uri,
+                               errp)) {
+        rdma_colo_connect_free(c);
+        return;
+    }
+    c->host = g_strdup(addr->host);
+
+    /* The session is attached by the worker once connected. */
+    rioc = QIO_CHANNEL_RDMA_COLO(object_new(TYPE_QIO_CHANNEL_RDMA_COLO));
+    rioc->index = -1;
+    rioc->blocking = true;
+    qio_channel_set_feature(QIO_CHANNEL(rioc), QIO_CHANNEL_FEATURE_SHUTDOWN);
+    qio_channel_set_name(QIO_CHANNEL(rioc), "migration-rdma-colo-outgoing");
+
+    task = qio_task_new(OBJECT(rioc), rdma_colo_outgoing_connected, c,
+                        rdma_colo_connect_free);
+    qio_task_run_in_thread(task, rdma_colo_connect_worker, c, NULL, NULL);
+}
+
+/* ---------------------------------------------------------- COLO cache */
+
+static RdmaColoSession *rdma_colo_incoming_session(void)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+    QIOChannel *ioc =
+        mis->from_src_file ? qemu_file_get_ioc(mis->from_src_file) : NULL;
+
+    return qio_channel_is_rdma_colo(ioc) ? QIO_CHANNEL_RDMA_COLO(ioc)->sess
+                                         : NULL;
+}
+
+/*
+ * Called once colo_init_ram_cache() allocated the cache: register every
+ * block's cache as region i (remote write only, never remote read) and
+ * send the table, all at once, to the source, which waits for it before
+ * its first write.
+ */
+bool rdma_colo_cache_register(Error **errp)
+{
+    RdmaColoSession *sess = rdma_colo_incoming_session();
+    struct rcolo_error err;
+    RAMBlock *block;
+    unsigned n = 0;
+
+    if (!sess) {
+        return true;
+    }
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+        n++;
+    }
+    sess->blocks = g_new0(RAMBlock *, n);
+    n = 0;
+    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+        char name[RCOLO_MAX_NAME + 1];
+        uint32_t id = n;
+
+        rdma_colo_region_name(block->idstr, name, sizeof(name));
+        if (rcolo_region_add(sess->rs, id, name, block->colo_cache,
+                             block->used_length, qemu_target_page_size(),
+                             &err) < 0) {
+            error_setg(errp, "rdma-colo: COLO cache of %s: %s", block->idstr,
+                       err.message);
+            return false;
+        }
+        trace_rdma_colo_region(block->idstr, name, id, block->used_length);
+        sess->blocks[n++] = block;
+    }
+    /* Pairs with the multifd threads' load: blocks[] is filled first. */
+    qatomic_store_release(&sess->nblocks, n);
+    if (rcolo_regions_publish(sess->rs, &err) < 0) {
+        error_setg(errp, "rdma-colo: %s", err.message);
+        return false;
+    }
+    return true;
+}
+
+/* Called before colo_release_ram_cache() frees the cache. */
+void rdma_colo_cache_unregister(void)
+{
+    RdmaColoSession *sess = rdma_colo_incoming_session();
+
+    if (!sess) {
+        return;
+    }
+    /* A late RDMA WRITE into a deregistered region fails the source. */
+    rcolo_session_shutdown(sess->rs);
+    for (unsigned i = 0; i < sess->nblocks; i++) {
+        rcolo_region_remove(sess->rs, i);
+    }
+    qatomic_set(&sess->nblocks, 0);
+}
