@@ -14,7 +14,14 @@ if [ ! -x "$qbuild/qemu-system-x86_64" ] || [ ! -x "$qbuild/tests/qtest/migratio
     echo "FAIL: no QEMU build in $qbuild: run scripts/build-qemu first (scripts/test does)"
     exit 1
 fi
-export QTEST_QEMU_BINARY=$qbuild/qemu-system-x86_64
+# TCG, whatever /dev/kvm the host has (tests/qemu/tcg/qemu-system-x86_64);
+# RDMA_COLO_QTEST_ACCEL=kvm lets migration-test ask for KVM first.
+if [ "${RDMA_COLO_QTEST_ACCEL:-tcg}" = kvm ]; then
+    export QTEST_QEMU_BINARY=$qbuild/qemu-system-x86_64
+else
+    export RDMA_COLO_QEMU_REAL=$qbuild/qemu-system-x86_64
+    export QTEST_QEMU_BINARY=$top/tests/qemu/tcg/qemu-system-x86_64
+fi
 # The COLO tests start two TCG guests; each needs a writable TMPDIR.
 export TMPDIR=${TMPDIR:-/tmp}
 out=$("$qbuild/tests/qtest/migration-test" --full --tap -k -p "$case" 2>&1)
