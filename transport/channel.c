@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Data channels: the RDMA WRITE + descriptor data path (primary), the
- * descriptor receive path (secondary), credits and completion handling.
- * Nothing here allocates or prints once the channel is set up.
+ * Data channels: the RDMA WRITE + descriptor data path and the fence
+ * (primary, struct rcolo_chan_tx), the descriptor receive path
+ * (secondary, struct rcolo_chan_rx), and the completion handling both
+ * share.  Nothing here allocates or prints once the channel is set up,
+ * and nothing takes the session lock on the data path except to look up
+ * a region the channel has not used before.
  */
 #include <errno.h>
-#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -26,68 +28,86 @@
 #define RCOLO_SPIN_NS       20000
 #define RCOLO_FENCE_SPIN_NS 200000
 
-static uint32_t credit_batch(uint32_t depth)
+struct rcolo_channel *rcolo_channel_new(struct rcolo_session *s, unsigned index)
 {
-    return depth >= 8 ? depth / 4 : 1;
+    struct rcolo_channel *ch = g_new0(struct rcolo_channel, 1);
+
+    ch->s = s;
+    ch->core = &s->core;
+    ch->role = s->role;
+    ch->index = index;
+    return ch;
+}
+
+static int setup_primary(struct rcolo_channel *ch, struct ibv_pd *pd,
+                         uint32_t depth, struct rcolo_error *err)
+{
+    struct rcolo_chan_tx *tx = &ch->tx;
+    /* Every descriptor needs a credit, so depth slots are in flight at
+     * most; a send slot frees when its SEND completes, before the credit
+     * for it can come back. */
+    uint32_t nsend = rcolo_pow2_roundup(depth);
+    uint32_t nctl = depth / rcolo_credit_batch(depth) + 4;
+    uint32_t sq_depth = RCOLO_SQ_WRITES + nsend;
+    int ret;
+
+    ret = rcolo_qp_create(ch->id, pd, &ch->res, sq_depth, nctl, err);
+    if (!ret) {
+        ret = rcolo_slots_init(&ch->send, pd, nsend, RCOLO_DESC_MAX_LEN,
+                               RCOLO_WR_SEND_SLOT, err);
+    }
+    if (!ret) {
+        ret = rcolo_slots_init(&ch->recv, pd, nctl, RCOLO_CTL_MSG_SIZE,
+                               RCOLO_WR_RECV_SLOT, err);
+    }
+    rcolo_sq_init(&ch->sq, sq_depth);
+    tx->write_ctx.type = RCOLO_WR_WRITE;
+    tx->wrs = g_new0(struct ibv_send_wr, RCOLO_MAX_DESC_PAGES + 1);
+    tx->sges = g_new0(struct ibv_sge, RCOLO_MAX_DESC_PAGES + 1);
+    tx->runs = g_new0(struct rcolo_run, RCOLO_MAX_DESC_PAGES);
+    rcolo_credits_init(&tx->credits, depth);
+    return ret;
+}
+
+static int setup_secondary(struct rcolo_channel *ch, struct ibv_pd *pd,
+                           uint32_t depth, struct rcolo_error *err)
+{
+    struct rcolo_chan_rx *rx = &ch->rx;
+    int ret;
+
+    ret =
+        rcolo_qp_create(ch->id, pd, &ch->res, RCOLO_CTL_SEND_SLOTS, depth, err);
+    if (!ret) {
+        ret = rcolo_slots_init(&ch->recv, pd, depth, RCOLO_DESC_MAX_LEN,
+                               RCOLO_WR_RECV_SLOT, err);
+    }
+    if (!ret) {
+        ret = rcolo_slots_init(&ch->send, pd, RCOLO_CTL_SEND_SLOTS,
+                               RCOLO_CTL_MSG_SIZE, RCOLO_WR_SEND_SLOT, err);
+    }
+    rcolo_sq_init(&ch->sq, RCOLO_CTL_SEND_SLOTS);
+    rx->offsets = g_new(uint64_t, (size_t)depth * RCOLO_MAX_DESC_PAGES);
+    rcolo_fifo_init(&rx->ready_q, rcolo_pow2_roundup(depth));
+    rx->ready = g_new0(struct ibv_wc, rx->ready_q.mask + 1);
+    rcolo_rx_flow_init(&rx->flow, depth);
+    return ret;
 }
 
 int rcolo_channel_setup(struct rcolo_channel *ch, struct rcolo_error *err)
 {
     struct rcolo_session *s = ch->s;
-    uint32_t depth = s->depth;
-    uint32_t send_wr, recv_wr;
-    int ret;
+    int ret = ch->role == RCOLO_PRIMARY
+                  ? setup_primary(ch, s->pd, s->depth, err)
+                  : setup_secondary(ch, s->pd, s->depth, err);
 
-    ch->write_ctx.type = RCOLO_WR_WRITE;
-    if (s->role == RCOLO_PRIMARY) {
-        uint32_t nctl = depth / credit_batch(depth) + 4;
-        ch->sq_depth = RCOLO_SQ_WRITES + depth + 2;
-        ch->signal_every = RCOLO_SIGNAL_EVERY;
-        send_wr = ch->sq_depth;
-        recv_wr = nctl;
-        ret = rcolo_qp_create(ch->id, s->pd, &ch->res, send_wr, recv_wr, err);
-        if (!ret) {
-            ret = rcolo_slots_init(&ch->send, s->pd, depth + 2,
-                                   RCOLO_DESC_MAX_LEN, RCOLO_WR_SEND_SLOT, err);
-        }
-        if (!ret) {
-            ret = rcolo_slots_init(&ch->recv, s->pd, nctl, RCOLO_CTL_MSG_SIZE,
-                                   RCOLO_WR_RECV_SLOT, err);
-        }
-        ch->wrs = g_new0(struct ibv_send_wr, RCOLO_MAX_DESC_PAGES + 1);
-        ch->sges = g_new0(struct ibv_sge, RCOLO_MAX_DESC_PAGES + 1);
-        ch->runs = g_new0(struct rcolo_run, RCOLO_MAX_DESC_PAGES);
-        ch->sig_fifo = g_new0(uint64_t, ch->sq_depth);
-        rcolo_credits_init(&ch->credits, depth);
-    } else {
-        ch->sq_depth = RCOLO_CTL_SEND_SLOTS;
-        send_wr = RCOLO_CTL_SEND_SLOTS;
-        recv_wr = depth;
-        ret = rcolo_qp_create(ch->id, s->pd, &ch->res, send_wr, recv_wr, err);
-        if (!ret) {
-            ret = rcolo_slots_init(&ch->recv, s->pd, depth, RCOLO_DESC_MAX_LEN,
-                                   RCOLO_WR_RECV_SLOT, err);
-        }
-        if (!ret) {
-            ret = rcolo_slots_init(&ch->send, s->pd, RCOLO_CTL_SEND_SLOTS,
-                                   RCOLO_CTL_MSG_SIZE, RCOLO_WR_SEND_SLOT, err);
-        }
-        ch->offsets = g_new(uint64_t, (size_t)depth * RCOLO_MAX_DESC_PAGES);
-        ch->ready = g_new0(struct ibv_wc, depth);
-        ch->sig_fifo = g_new0(uint64_t, ch->sq_depth);
-        ch->credit_return.batch = credit_batch(depth);
-    }
-    if (ret) {
-        return ret;
-    }
-    for (uint32_t i = 0; i < ch->recv.count; i++) {
-        ret = rcolo_post_recv_slot(ch->id->qp, &ch->recv, i);
+    for (uint32_t i = 0; !ret && i < ch->recv.count; i++) {
+        ret = rcolo_slots_post_recv(ch->id->qp, &ch->recv, i);
         if (ret) {
-            return rcolo_set_error(err, ret, "cannot post receive: %s",
-                                   strerror(-ret));
+            ret = rcolo_set_error(err, ret, "cannot post receive: %s",
+                                  strerror(-ret));
         }
     }
-    return 0;
+    return ret;
 }
 
 void rcolo_channel_free(struct rcolo_channel *ch)
@@ -103,12 +123,15 @@ void rcolo_channel_free(struct rcolo_channel *ch)
     }
     rcolo_slots_fini(&ch->send);
     rcolo_slots_fini(&ch->recv);
-    g_free(ch->wrs);
-    g_free(ch->sges);
-    g_free(ch->runs);
-    g_free(ch->sig_fifo);
-    g_free(ch->offsets);
-    g_free(ch->ready);
+    rcolo_sq_fini(&ch->sq);
+    if (ch->role == RCOLO_PRIMARY) {
+        g_free(ch->tx.wrs);
+        g_free(ch->tx.sges);
+        g_free(ch->tx.runs);
+    } else {
+        g_free(ch->rx.offsets);
+        g_free(ch->rx.ready);
+    }
     g_free(ch);
 }
 
@@ -117,36 +140,20 @@ int rcolo_channel_fd(struct rcolo_channel *ch)
     return ch->res.comp->fd;
 }
 
-static int chan_fail(struct rcolo_channel *ch, int code, const char *fmt,
+static int chan_fail(struct rcolo_channel *ch, int code, const char *what,
                      const char *detail)
 {
-    return rcolo_session_fail(ch->s, code, "data channel %u: %s%s", ch->index,
-                              fmt, detail ? detail : "");
+    return rcolo_fail(ch->core, code, "data channel %u: %s%s", ch->index, what,
+                      detail ? detail : "");
 }
 
 /* ------------------------------------------------------- completions */
 
-static void sq_complete(struct rcolo_channel *ch)
-{
-    if (ch->sig_count) {
-        ch->sq_done = ch->sig_fifo[ch->sig_head];
-        ch->sig_head = (ch->sig_head + 1) % ch->sq_depth;
-        ch->sig_count--;
-    }
-}
-
-static void sq_signaled(struct rcolo_channel *ch)
-{
-    uint32_t tail = (ch->sig_head + ch->sig_count) % ch->sq_depth;
-    ch->sig_fifo[tail] = ch->sq_posted;
-    ch->sig_count++;
-}
-
 /* Primary: a control message from the secondary. */
 static int primary_recv_ctl(struct rcolo_channel *ch, struct ibv_wc *wc,
-                            struct rcolo_wr_ctx *ctx)
+                            uint32_t slot)
 {
-    const uint8_t *buf = rcolo_slot_buf(&ch->recv, ctx->slot);
+    const uint8_t *buf = rcolo_slot_buf(&ch->recv, slot);
     struct rcolo_hdr h;
     uint64_t seq;
 
@@ -155,21 +162,53 @@ static int primary_recv_ctl(struct rcolo_channel *ch, struct ibv_wc *wc,
     }
     if (h.type == RCOLO_MSG_FENCE_ACK) {
         if (rcolo_fence_ack_decode(buf, wc->byte_len, &seq) ||
-            seq != ch->fence_posted || seq <= ch->fence_acked) {
+            !rcolo_fence_tx_ack(&ch->tx.fence, seq)) {
             return chan_fail(ch, -EPROTO, "unexpected fence ack", NULL);
         }
-        ch->fence_acked = seq;
     } else if (h.type != RCOLO_MSG_CREDIT || wc->byte_len != RCOLO_HDR_LEN) {
         return chan_fail(ch, -EPROTO, "unexpected message type", NULL);
     }
-    if (!rcolo_credits_give(&ch->credits, h.credits)) {
+    if (!rcolo_credits_give(&ch->tx.credits, h.credits)) {
         return chan_fail(ch, -EPROTO, "peer returned more credits than it had",
                          NULL);
     }
-    if (rcolo_post_recv_slot(ch->id->qp, &ch->recv, ctx->slot)) {
+    if (rcolo_slots_post_recv(ch->id->qp, &ch->recv, slot)) {
         return chan_fail(ch, -EIO, "cannot repost receive", NULL);
     }
     return 0;
+}
+
+static int completion(struct rcolo_channel *ch, struct ibv_wc *wc)
+{
+    struct rcolo_wr_ctx *ctx = rcolo_wc_ctx(wc);
+    char detail[96];
+
+    if (wc->status != IBV_WC_SUCCESS) {
+        snprintf(detail, sizeof(detail), "%s failed: %s", rcolo_wc_what(wc),
+                 ibv_wc_status_str(wc->status));
+        return chan_fail(ch, rcolo_wc_errno(wc->status), "", detail);
+    }
+    switch (ctx->type) {
+    case RCOLO_WR_SEND_SLOT:
+        if (!rcolo_slots_retire(&ch->send, ctx->slot)) {
+            return chan_fail(ch, -EIO, "send completion out of order", NULL);
+        }
+        /* A SEND is signaled like every k-th WRITE: */
+        __attribute__((fallthrough));
+    case RCOLO_WR_WRITE:
+        if (!rcolo_sq_completed(&ch->sq)) {
+            return chan_fail(ch, -EIO, "unexpected send completion", NULL);
+        }
+        return 0;
+    case RCOLO_WR_RECV_SLOT:
+        ch->recv.held[ctx->slot] = true;
+        if (ch->role == RCOLO_PRIMARY) {
+            return primary_recv_ctl(ch, wc, ctx->slot);
+        }
+        ch->rx.ready[rcolo_fifo_push(&ch->rx.ready_q)] = *wc;
+        return 0;
+    }
+    return chan_fail(ch, -EIO, "completion of an unknown work request", NULL);
 }
 
 /*
@@ -178,242 +217,161 @@ static int primary_recv_ctl(struct rcolo_channel *ch, struct ibv_wc *wc,
  * descriptors (secondary, queued for rcolo_channel_recv).  Returns the
  * number of completions seen or the session error.
  */
-static int chan_progress(struct rcolo_channel *ch)
+static int chan_progress(void *opaque)
 {
+    struct rcolo_channel *ch = opaque;
     struct ibv_wc wc[16];
-    int max = 16;
 
-    if (ch->s->role == RCOLO_SECONDARY) {
-        unsigned room = ch->recv.count - ch->ready_count;
-        /* room counts queued recvs; sends are few, keep 1 spare */
-        if ((int)room < max) {
-            max = room > 0 ? (int)room : 1;
-        }
-    }
-    int n = ibv_poll_cq(ch->res.cq, max, wc);
+    /*
+     * The secondary's ready queue cannot overflow: it holds as many entries
+     * as there are receive slots, and a slot completes again only after
+     * rcolo_channel_release reposted it.
+     */
+    int n = ibv_poll_cq(ch->res.cq, 16, wc);
     if (n < 0) {
         return chan_fail(ch, -EIO, "ibv_poll_cq failed", NULL);
     }
     for (int i = 0; i < n; i++) {
-        struct rcolo_wr_ctx *ctx =
-            (struct rcolo_wr_ctx *)(uintptr_t)wc[i].wr_id;
-        if (wc[i].status != IBV_WC_SUCCESS) {
-            const char *what = !ctx                          ? "work request"
-                               : ctx->type == RCOLO_WR_WRITE ? "RDMA WRITE"
-                               : ctx->type == RCOLO_WR_SEND_SLOT ? "SEND"
-                                                                 : "RECV";
-            char detail[96];
-            snprintf(detail, sizeof(detail), "%s failed: %s", what,
-                     ibv_wc_status_str(wc[i].status));
-            return chan_fail(ch,
-                             wc[i].status == IBV_WC_WR_FLUSH_ERR ||
-                                     wc[i].status == IBV_WC_RETRY_EXC_ERR
-                                 ? -ECONNRESET
-                                 : -EIO,
-                             "", detail);
-        }
-        switch (ctx->type) {
-        case RCOLO_WR_WRITE:
-            sq_complete(ch);
-            break;
-        case RCOLO_WR_SEND_SLOT:
-            sq_complete(ch);
-            ch->send.busy[ctx->slot] = false;
-            break;
-        case RCOLO_WR_RECV_SLOT:
-            if (ch->s->role == RCOLO_PRIMARY) {
-                int ret = primary_recv_ctl(ch, &wc[i], ctx);
-                if (ret) {
-                    return ret;
-                }
-            } else {
-                unsigned tail =
-                    (ch->ready_head + ch->ready_count) % ch->recv.count;
-                ch->ready[tail] = wc[i];
-                ch->ready_count++;
-            }
-            break;
+        int ret = completion(ch, &wc[i]);
+        if (ret) {
+            return ret;
         }
     }
     return n;
 }
 
-/*
- * Wait for progress: spin briefly, then sleep on the completion channel
- * (woken early by a session failure).  Returns > 0 on progress, 0 on
- * timeout, or the session error.
- */
-static int chan_block_spin(struct rcolo_channel *ch, int64_t deadline,
-                           int64_t spin_ns)
+static int chan_sleep(void *opaque, int64_t deadline)
 {
-    struct rcolo_session *s = ch->s;
-    int64_t spin_end = rcolo_now_ns() + spin_ns;
-    int n;
+    struct rcolo_channel *ch = opaque;
 
-    for (;;) {
-        n = chan_progress(ch);
-        if (n) {
-            return n;
-        }
-        if (__atomic_load_n(&s->busy_poll, __ATOMIC_ACQUIRE)) {
-            if (rcolo_session_status(s)) {
-                return rcolo_session_status(s);
-            }
-            if (deadline >= 0 && rcolo_now_ns() >= deadline) {
-                return 0;
-            }
-            /* More pollers than CPUs must not starve the ones with work
-             * (or the kernel's softirq, which is the device under rxe). */
-            sched_yield();
-            continue;
-        }
-        if (rcolo_now_ns() >= spin_end) {
-            break;
-        }
+    /* Arm, then look once more: a completion may have raced with it. */
+    ibv_req_notify_cq(ch->res.cq, 0);
+    int n = chan_progress(ch);
+    if (n != 0) {
+        return n < 0 ? n : 0;
     }
-
-    for (;;) {
-        if (rcolo_session_status(s)) {
-            return rcolo_session_status(s);
-        }
-        ibv_req_notify_cq(ch->res.cq, 0);
-        n = chan_progress(ch); /* completions that raced with arming */
-        if (n) {
-            return n;
-        }
-        int ms = rcolo_deadline_ms(deadline);
-        if (ms == 0) {
-            return 0;
-        }
-        /* Sleep at most 1 s at a time, so a failure that does not write
-         * the abort fd is still noticed. */
-        int ret = rcolo_cq_wait(&ch->res, s->abort_fd,
-                                ms < 0 || ms > 1000 ? 1000 : ms);
-        if (ret == -ECANCELED) {
-            return rcolo_session_status(s);
-        }
-        if (ret < 0) {
-            return chan_fail(ch, ret, "waiting for completions failed", NULL);
-        }
-    }
+    return rcolo_cq_sleep(&ch->res, ch->core, deadline);
 }
 
-static int chan_block(struct rcolo_channel *ch, int64_t deadline)
+static const struct rcolo_wait_ops chan_wait_ops = {
+    .poll = chan_progress,
+    .block = chan_sleep,
+};
+
+/* Wait on this channel's completions until @done(@arg) or @deadline. */
+static int chan_wait(struct rcolo_channel *ch, bool (*done)(void *arg),
+                     int64_t deadline, int64_t spin_ns)
 {
-    return chan_block_spin(ch, deadline, RCOLO_SPIN_NS);
+    return rcolo_wait(ch->core, &chan_wait_ops, ch, done, ch, deadline,
+                      spin_ns);
 }
 
-/* Free send slot, waiting for one if all are in flight. */
-static int get_send_slot(struct rcolo_channel *ch, uint32_t *slot)
+/* Post the SEND of @len bytes in slot @slot, signaled, after the @nchain
+ * RDMA WRITEs already built in @wrs/@sges (which have room for one more). */
+static int post_send_slot(struct rcolo_channel *ch, uint32_t slot, uint32_t len,
+                          struct ibv_send_wr *wrs, struct ibv_sge *sges,
+                          unsigned nchain)
 {
-    for (;;) {
-        for (uint32_t k = 0; k < ch->send.count; k++) {
-            uint32_t i = (ch->send.next + k) % ch->send.count;
-            if (!ch->send.busy[i]) {
-                ch->send.next = (i + 1) % ch->send.count;
-                *slot = i;
-                return 0;
-            }
-        }
-        int ret = chan_block(ch, -1);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-}
-
-/* Wait until @n more WRs fit in the send queue. */
-static int sq_reserve(struct rcolo_channel *ch, uint32_t n)
-{
-    while (ch->sq_posted - ch->sq_done + n > ch->sq_depth) {
-        int ret = chan_block(ch, -1);
-        if (ret < 0) {
-            return ret;
-        }
+    rcolo_slots_send_wr(&ch->send, slot, len, ch->res.max_inline, &wrs[nchain],
+                        &sges[nchain]);
+    wrs[nchain].next = NULL;
+    rcolo_sq_posted(&ch->sq, true);
+    int ret = rcolo_post_send(ch->id, wrs);
+    if (ret) {
+        return chan_fail(ch, ret, "ibv_post_send failed: ", strerror(-ret));
     }
     return 0;
 }
 
-static int post_chain(struct rcolo_channel *ch, struct ibv_send_wr *first)
+/* A send slot and send-queue room for @wrs WRs, waiting for completions if
+ * need be. */
+struct sq_need {
+    struct rcolo_channel *ch;
+    uint32_t wrs;
+};
+
+static bool sq_ready(void *arg)
 {
-    struct ibv_send_wr *bad;
-    int ret = ibv_post_send(ch->id->qp, first, &bad);
+    struct sq_need *n = arg;
+
+    return rcolo_sq_has_room(&n->ch->sq, n->wrs) &&
+           !rcolo_fifo_full(&n->ch->send.inflight);
+}
+
+static int reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot)
+{
+    struct sq_need need = {.ch = ch, .wrs = wrs};
+    int ret = rcolo_wait(ch->core, &chan_wait_ops, ch, sq_ready, &need, -1,
+                         RCOLO_SPIN_NS);
 
     if (ret) {
-        return chan_fail(ch, -ret, "ibv_post_send failed: ", strerror(ret));
+        return ret;
     }
+    *slot = rcolo_slots_acquire(&ch->send);
     return 0;
-}
-
-/* Build the SEND of message slot @slot (@len bytes) as WR @wr, signaled. */
-static void build_send(struct rcolo_channel *ch, struct ibv_send_wr *wr,
-                       struct ibv_sge *sge, uint32_t slot, uint32_t len)
-{
-    *sge = (struct ibv_sge){
-        .addr = (uintptr_t)rcolo_slot_buf(&ch->send, slot),
-        .length = len,
-        .lkey = ch->send.mr->lkey,
-    };
-    *wr = (struct ibv_send_wr){
-        .wr_id = (uintptr_t)&ch->send.ctx[slot],
-        .sg_list = sge,
-        .num_sge = 1,
-        .opcode = IBV_WR_SEND,
-        .send_flags = IBV_SEND_SIGNALED,
-    };
-    ch->send.busy[slot] = true;
-    ch->sq_posted++;
-    sq_signaled(ch);
 }
 
 /* -------------------------------------------------------- primary */
 
 static struct rcolo_region *chan_region(struct rcolo_channel *ch, uint32_t id)
 {
-    struct rcolo_region *r = ch->last_region;
+    struct rcolo_region *r = ch->tx.last_region;
 
     if (r && r->id == id) {
         return r;
     }
-    pthread_mutex_lock(&ch->s->lock);
-    r = g_hash_table_lookup(ch->s->regions, GUINT_TO_POINTER(id));
-    if (r && !r->mr) {
-        r = NULL;
-    }
-    ch->last_region = r;
-    pthread_mutex_unlock(&ch->s->lock);
+    pthread_mutex_lock(&ch->core->lock);
+    r = rcolo_region_find_locked(ch->s, id);
+    ch->tx.last_region = r;
+    pthread_mutex_unlock(&ch->core->lock);
     return r;
+}
+
+static bool have_credit(void *arg)
+{
+    struct rcolo_channel *ch = arg;
+
+    return ch->tx.credits.avail > 0;
 }
 
 static int take_credit(struct rcolo_channel *ch)
 {
-    if (rcolo_credits_take(&ch->credits)) {
-        return 0;
-    }
-    ch->stats.credit_waits++;
-    while (!rcolo_credits_take(&ch->credits)) {
-        int ret = chan_block(ch, -1);
-        if (ret < 0) {
+    if (!have_credit(ch)) {
+        ch->stats.credit_waits++;
+        int ret = chan_wait(ch, have_credit, -1, RCOLO_SPIN_NS);
+        if (ret) {
             return ret;
         }
     }
+    rcolo_credits_take(&ch->tx.credits);
     return 0;
+}
+
+static bool offsets_valid(const struct rcolo_region *r, const uint64_t *offs,
+                          unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        if ((offs[i] & (r->page_size - 1)) || offs[i] >= r->length) {
+            return false;
+        }
+    }
+    return true;
 }
 
 int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
                       const uint64_t *offsets, unsigned n, const uint64_t *zero,
                       unsigned nzero)
 {
-    struct rcolo_session *s = ch->s;
+    struct rcolo_chan_tx *tx = &ch->tx;
     struct rcolo_region *r;
     unsigned nruns = 0, consumed = 0;
-    uint32_t slot;
-    int ret;
+    int slot;
+    int ret = rcolo_status(ch->core);
 
-    if (rcolo_session_status(s)) {
-        return rcolo_session_status(s);
+    if (ret) {
+        return ret;
     }
-    if (s->role != RCOLO_PRIMARY ||
+    if (ch->role != RCOLO_PRIMARY ||
         (uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES || (n && !offsets) ||
         (nzero && !zero)) {
         return -EINVAL;
@@ -422,72 +380,56 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     if (!r) {
         return -ENOENT;
     }
-    for (unsigned i = 0; i < n; i++) {
-        if ((offsets[i] & (r->page_size - 1)) || offsets[i] >= r->length) {
-            return -EINVAL;
-        }
-    }
-    for (unsigned i = 0; i < nzero; i++) {
-        if ((zero[i] & (r->page_size - 1)) || zero[i] >= r->length) {
-            return -EINVAL;
-        }
+    if (!offsets_valid(r, offsets, n) || !offsets_valid(r, zero, nzero)) {
+        return -EINVAL;
     }
 
-    ret = take_credit(ch);
-    if (!ret) {
-        ret = get_send_slot(ch, &slot);
-    }
-    if (ret) {
-        return ret;
-    }
-
-    bool hostile = rcolo_test_hook_armed == RCOLO_TEST_DESC_OUT_OF_BOUNDS;
+    bool hostile = rcolo_fault_fire(RCOLO_FAULT_DESC_OUT_OF_BOUNDS);
     if (!hostile && n) {
         nruns = rcolo_coalesce(offsets, n, r->page_size, RCOLO_MAX_WRITE_BYTES,
-                               ch->runs, RCOLO_MAX_DESC_PAGES, &consumed);
+                               tx->runs, RCOLO_MAX_DESC_PAGES, &consumed);
     }
-    ret = sq_reserve(ch, nruns + 1);
+    ret = take_credit(ch);
+    if (!ret) {
+        ret = reserve_send(ch, nruns + 1, &slot);
+    }
     if (ret) {
         return ret;
     }
     for (unsigned i = 0; i < nruns; i++) {
-        struct ibv_send_wr *wr = &ch->wrs[i];
-        ch->sges[i] = (struct ibv_sge){
-            .addr = (uintptr_t)(r->addr + ch->runs[i].offset),
-            .length = (uint32_t)ch->runs[i].length,
+        struct ibv_send_wr *wr = &tx->wrs[i];
+        bool signaled = (ch->sq.posted + 1) % RCOLO_SIGNAL_EVERY == 0;
+
+        tx->sges[i] = (struct ibv_sge){
+            .addr = (uintptr_t)(r->addr + tx->runs[i].offset),
+            .length = (uint32_t)tx->runs[i].length,
             .lkey = r->mr->lkey,
         };
         *wr = (struct ibv_send_wr){
-            .wr_id = (uintptr_t)&ch->write_ctx,
-            .next = &ch->wrs[i + 1],
-            .sg_list = &ch->sges[i],
+            .wr_id = (uintptr_t)&tx->write_ctx,
+            .next = &tx->wrs[i + 1],
+            .sg_list = &tx->sges[i],
             .num_sge = 1,
             .opcode = IBV_WR_RDMA_WRITE,
-            .wr.rdma = {.remote_addr = r->remote_addr + ch->runs[i].offset,
+            .send_flags = signaled ? IBV_SEND_SIGNALED : 0,
+            .wr.rdma = {.remote_addr = r->remote_addr + tx->runs[i].offset,
                         .rkey = r->rkey},
         };
-        ch->sq_posted++;
-        if (ch->sq_posted % ch->signal_every == 0) {
-            wr->send_flags = IBV_SEND_SIGNALED;
-            sq_signaled(ch);
-        }
-        ch->stats.bytes += ch->runs[i].length;
+        rcolo_sq_posted(&ch->sq, signaled);
+        ch->stats.bytes += tx->runs[i].length;
     }
 
     /* The descriptor follows the writes on the same QP: RC ordering
      * places the data before the descriptor's receive completes. */
-    uint8_t *buf = rcolo_slot_buf(&ch->send, slot);
+    uint8_t *buf = rcolo_slot_buf(&ch->send, (uint32_t)slot);
     size_t len = rcolo_desc_encode(buf, ch->send.size, false, region_id,
-                                   ++ch->seq, offsets, n, zero, nzero);
+                                   ++tx->seq, offsets, n, zero, nzero);
     if (hostile && n) {
         uint64_t bad = htobe64(r->length); /* one page past the end */
         memcpy(buf + RCOLO_DESC_FIXED_LEN, &bad, sizeof(bad));
-        rcolo_test_hook_armed = RCOLO_TEST_NONE;
     }
-    build_send(ch, &ch->wrs[nruns], &ch->sges[nruns], slot, (uint32_t)len);
-    ch->wrs[nruns].next = NULL;
-
-    ret = post_chain(ch, &ch->wrs[0]);
+    ret = post_send_slot(ch, (uint32_t)slot, (uint32_t)len, tx->wrs, tx->sges,
+                         nruns);
     if (ret) {
         return ret;
     }
@@ -502,150 +444,110 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
 
 int rcolo_channel_fence_post(struct rcolo_channel *ch)
 {
-    uint32_t slot;
-    int ret;
+    struct rcolo_chan_tx *tx = &ch->tx;
+    int slot;
+    int ret = rcolo_status(ch->core);
 
-    if (rcolo_session_status(ch->s)) {
-        return rcolo_session_status(ch->s);
+    if (ret) {
+        return ret;
     }
-    if (ch->s->role != RCOLO_PRIMARY || ch->fence_posted != ch->fence_acked) {
+    if (ch->role != RCOLO_PRIMARY || !rcolo_fence_tx_idle(&tx->fence)) {
         return -EINVAL;
     }
     ret = take_credit(ch);
     if (!ret) {
-        ret = get_send_slot(ch, &slot);
-    }
-    if (!ret) {
-        ret = sq_reserve(ch, 1);
+        ret = reserve_send(ch, 1, &slot);
     }
     if (ret) {
         return ret;
     }
     size_t len =
-        rcolo_desc_encode(rcolo_slot_buf(&ch->send, slot), ch->send.size, true,
-                          0, ++ch->seq, NULL, 0, NULL, 0);
-    build_send(ch, &ch->wrs[0], &ch->sges[0], slot, (uint32_t)len);
-    ch->wrs[0].next = NULL;
-    ret = post_chain(ch, &ch->wrs[0]);
+        rcolo_desc_encode(rcolo_slot_buf(&ch->send, (uint32_t)slot),
+                          ch->send.size, true, 0, ++tx->seq, NULL, 0, NULL, 0);
+    ret =
+        post_send_slot(ch, (uint32_t)slot, (uint32_t)len, tx->wrs, tx->sges, 0);
     if (ret) {
         return ret;
     }
-    ch->fence_posted = ch->seq;
+    rcolo_fence_tx_post(&tx->fence, tx->seq);
     ch->stats.fences++;
     return 0;
 }
 
-int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
+static bool fence_acked(void *arg)
 {
-    int64_t deadline = rcolo_deadline(timeout_ms);
+    struct rcolo_channel *ch = arg;
 
-    while (ch->fence_acked != ch->fence_posted) {
-        int ret = chan_block_spin(ch, deadline, RCOLO_FENCE_SPIN_NS);
-        if (ret < 0) {
-            return ret;
-        }
-        if (ret == 0 && rcolo_deadline_ms(deadline) == 0) {
-            return -ETIMEDOUT;
-        }
-    }
-    return 0;
+    return rcolo_fence_tx_idle(&ch->tx.fence);
 }
 
-int rcolo_fence(struct rcolo_session *s, int timeout_ms)
+int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
 {
-    int64_t t0 = rcolo_now_ns();
-    int ret = 0;
-
-    for (unsigned i = 0; i < s->channels && !ret; i++) {
-        if (s->chan[i]) {
-            ret = rcolo_channel_fence_post(s->chan[i]);
-        }
+    if (ch->role != RCOLO_PRIMARY) {
+        return -EINVAL;
     }
-    for (unsigned i = 0; i < s->channels && !ret; i++) {
-        if (s->chan[i]) {
-            ret = rcolo_channel_fence_wait(s->chan[i], timeout_ms);
-        }
-    }
-    if (ret) {
-        return ret;
-    }
-    uint64_t dt = (uint64_t)(rcolo_now_ns() - t0);
-    pthread_mutex_lock(&s->lock);
-    s->stats.fences++;
-    s->stats.fence_ns_total += dt;
-    s->stats.fence_ns_last = dt;
-    if (dt > s->stats.fence_ns_max) {
-        s->stats.fence_ns_max = dt;
-    }
-    pthread_mutex_unlock(&s->lock);
-    return 0;
+    return chan_wait(ch, fence_acked, rcolo_deadline(timeout_ms),
+                     RCOLO_FENCE_SPIN_NS);
 }
 
 /* ------------------------------------------------------ secondary */
 
-static int secondary_send_ctl(struct rcolo_channel *ch, bool fence_ack,
-                              uint64_t seq, uint32_t credits)
+static int secondary_send_ctl(struct rcolo_channel *ch,
+                              struct rcolo_rx_reply reply)
 {
-    uint32_t slot;
-    size_t len;
-    int ret = get_send_slot(ch, &slot);
+    int slot;
+    int ret = reserve_send(ch, 1, &slot);
 
     if (ret) {
         return ret;
     }
-    ret = sq_reserve(ch, 1);
-    if (ret) {
-        return ret;
-    }
-    uint8_t *buf = rcolo_slot_buf(&ch->send, slot);
-    len =
-        fence_ack
-            ? rcolo_fence_ack_encode(buf, ch->send.size, seq, (uint16_t)credits)
-            : rcolo_credit_encode(buf, ch->send.size, (uint16_t)credits);
+    uint8_t *buf = rcolo_slot_buf(&ch->send, (uint32_t)slot);
+    size_t len =
+        reply.ack
+            ? rcolo_fence_ack_encode(buf, ch->send.size, reply.ack,
+                                     (uint16_t)reply.credits)
+            : rcolo_credit_encode(buf, ch->send.size, (uint16_t)reply.credits);
     struct ibv_send_wr wr;
     struct ibv_sge sge;
-    build_send(ch, &wr, &sge, slot, (uint32_t)len);
-    return post_chain(ch, &wr);
+
+    return post_send_slot(ch, (uint32_t)slot, (uint32_t)len, &wr, &sge, 0);
 }
 
 static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
 {
-    struct ibv_wc *wc = &ch->ready[ch->ready_head];
-    struct rcolo_wr_ctx *ctx = (struct rcolo_wr_ctx *)(uintptr_t)wc->wr_id;
-    uint32_t slot = ctx->slot;
+    struct rcolo_chan_rx *rx = &ch->rx;
+    struct ibv_wc *wc = &rx->ready[rcolo_fifo_pop(&rx->ready_q)];
+    uint32_t slot = rcolo_wc_ctx(wc)->slot;
     const uint8_t *buf = rcolo_slot_buf(&ch->recv, slot);
     struct rcolo_desc_view v;
     char detail[96];
 
-    ch->ready_head = (ch->ready_head + 1) % ch->recv.count;
-    ch->ready_count--;
-
     if (rcolo_desc_decode(buf, wc->byte_len, &v)) {
         return chan_fail(ch, -EPROTO, "malformed descriptor", NULL);
     }
-    if (v.seq != ch->seq + 1) {
+    if (!rcolo_rx_accept(&rx->flow, v.seq)) {
         snprintf(detail, sizeof(detail), " (seq %llu, expected %llu)",
-                 (unsigned long long)v.seq, (unsigned long long)ch->seq + 1);
+                 (unsigned long long)v.seq,
+                 (unsigned long long)rx->flow.seq + 1);
         return chan_fail(ch, -EPROTO, "descriptor out of sequence", detail);
     }
-    ch->seq = v.seq;
     memset(desc, 0, sizeof(*desc));
     desc->seq = v.seq;
     desc->priv_ = (void *)(uintptr_t)(slot + 1);
-    ch->recv.busy[slot] = true;
-    ch->held++;
     if (v.fence) {
         desc->kind = RCOLO_DESC_FENCE;
         return 0;
     }
 
-    struct rcolo_region *r = chan_region(ch, v.region_id);
+    pthread_mutex_lock(&ch->core->lock);
+    struct rcolo_region *r = rcolo_region_find_locked(ch->s, v.region_id);
+    pthread_mutex_unlock(&ch->core->lock);
     if (!r) {
         snprintf(detail, sizeof(detail), " %u", v.region_id);
         return chan_fail(ch, -EPROTO, "descriptor names unknown region",
                          detail);
     }
-    uint64_t *offs = ch->offsets + (size_t)slot * RCOLO_MAX_DESC_PAGES;
+    uint64_t *offs = rx->offsets + (size_t)slot * RCOLO_MAX_DESC_PAGES;
     uint32_t bad = 0;
     if (rcolo_desc_offsets(&v, offs, r->length, r->page_size, &bad)) {
         snprintf(detail, sizeof(detail), " (entry %u of region %u, %llu bytes)",
@@ -672,97 +574,114 @@ static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
     return 0;
 }
 
+static bool descriptor_ready(void *arg)
+{
+    struct rcolo_channel *ch = arg;
+
+    return ch->rx.ready_q.count > 0;
+}
+
 int rcolo_channel_recv(struct rcolo_channel *ch, struct rcolo_desc *desc,
                        int timeout_ms)
 {
-    int64_t deadline = rcolo_deadline(timeout_ms);
+    int ret;
 
-    if (ch->s->role != RCOLO_SECONDARY) {
+    if (ch->role != RCOLO_SECONDARY) {
         return -EINVAL;
     }
-    for (;;) {
-        int st = rcolo_session_status(ch->s);
-        if (st) {
-            return st;
+    ret = rcolo_status(ch->core);
+    if (ret) {
+        return ret;
+    }
+    if (timeout_ms == 0) {
+        /*
+         * Event-loop use: consume stale events, arm, and look once more (a
+         * completion may have raced with arming), so that
+         * rcolo_channel_fd() polls readable exactly when work comes.
+         */
+        if (!descriptor_ready(ch)) {
+            ret = chan_progress(ch);
         }
-        if (ch->ready_count == 0) {
-            int ret = chan_progress(ch);
-            if (ret < 0) {
-                return ret;
-            }
-        }
-        if (ch->ready_count) {
-            return take_descriptor(ch, desc);
-        }
-        if (timeout_ms == 0) {
-            /* Event-loop use: consume stale events, arm, and look once more
-             * (a completion may have raced with arming), so that
-             * rcolo_channel_fd() polls readable exactly when work comes. */
+        if (ret >= 0 && !descriptor_ready(ch)) {
             struct ibv_cq *cq;
             void *ctx;
             while (ibv_get_cq_event(ch->res.comp, &cq, &ctx) == 0) {
                 ibv_ack_cq_events(cq, 1);
             }
             ibv_req_notify_cq(ch->res.cq, 0);
-            int ret = chan_progress(ch);
-            if (ret < 0) {
-                return ret;
-            }
-            if (ch->ready_count) {
-                continue;
-            }
-            return -EAGAIN;
+            ret = chan_progress(ch);
         }
-        int ret = chan_block(ch, deadline);
         if (ret < 0) {
             return ret;
         }
-        if (ret == 0 && ch->ready_count == 0) {
-            return -ETIMEDOUT;
-        }
+        return descriptor_ready(ch) ? take_descriptor(ch, desc) : -EAGAIN;
     }
+    ret = chan_wait(ch, descriptor_ready, rcolo_deadline(timeout_ms),
+                    RCOLO_SPIN_NS);
+    return ret ? ret : take_descriptor(ch, desc);
 }
 
 int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
 {
     uint32_t slot = (uint32_t)((uintptr_t)desc->priv_ - 1);
-    uint32_t give;
     int ret;
 
-    if (ch->s->role != RCOLO_SECONDARY || slot >= ch->recv.count ||
-        !ch->recv.busy[slot]) {
+    if (ch->role != RCOLO_SECONDARY || slot >= ch->recv.count ||
+        !ch->recv.held[slot]) {
         return -EINVAL;
     }
-    if (rcolo_session_status(ch->s)) {
-        return rcolo_session_status(ch->s);
+    ret = rcolo_status(ch->core);
+    if (ret) {
+        return ret;
     }
-    ch->recv.busy[slot] = false;
     desc->priv_ = NULL;
-    ch->held--;
-    ret = rcolo_post_recv_slot(ch->id->qp, &ch->recv, slot);
+    ret = rcolo_slots_post_recv(ch->id->qp, &ch->recv, slot);
     if (ret) {
         return chan_fail(ch, ret, "cannot repost receive", NULL);
     }
-    give = rcolo_credit_return_add(&ch->credit_return, 1);
-    if (desc->kind == RCOLO_DESC_FENCE) {
-        ch->fence_ack_pending = true;
-        ch->fence_ack_seq = desc->seq;
+    bool fence = desc->kind == RCOLO_DESC_FENCE;
+    struct rcolo_rx_reply reply =
+        rcolo_rx_release(&ch->rx.flow, fence, desc->seq);
+    if (fence) {
         ch->stats.fences++;
     }
-    if (ch->fence_ack_pending && ch->held == 0) {
-        /* All earlier descriptors are released: ack, with every credit. */
-        give += ch->credit_return.pending;
-        ch->credit_return.pending = 0;
-        ch->fence_ack_pending = false;
-        return secondary_send_ctl(ch, true, ch->fence_ack_seq, give);
-    }
-    if (give) {
-        return secondary_send_ctl(ch, false, 0, give);
+    if (reply.credits || reply.ack) {
+        return secondary_send_ctl(ch, reply);
     }
     return 0;
 }
 
-/* ------------------------------------------------------------ stats */
+/* ------------------------------------------------------------ fence */
+
+int rcolo_fence(struct rcolo_session *s, int timeout_ms)
+{
+    int64_t t0 = rcolo_now_ns();
+    int ret = 0;
+
+    for (unsigned i = 0; i < s->channels && !ret; i++) {
+        if (s->chan[i]) {
+            ret = rcolo_channel_fence_post(s->chan[i]);
+        }
+    }
+    for (unsigned i = 0; i < s->channels && !ret; i++) {
+        if (s->chan[i]) {
+            ret = rcolo_channel_fence_wait(s->chan[i], timeout_ms);
+        }
+    }
+    if (ret) {
+        return ret;
+    }
+    uint64_t dt = (uint64_t)(rcolo_now_ns() - t0);
+    pthread_mutex_lock(&s->core.lock);
+    s->stats.fences++;
+    s->stats.fence_ns_total += dt;
+    s->stats.fence_ns_last = dt;
+    if (dt > s->stats.fence_ns_max) {
+        s->stats.fence_ns_max = dt;
+    }
+    pthread_mutex_unlock(&s->core.lock);
+    return 0;
+}
 
 int rcolo_channel_get_stats(struct rcolo_channel *ch,
                             struct rcolo_channel_stats *out)
@@ -771,31 +690,5 @@ int rcolo_channel_get_stats(struct rcolo_channel *ch,
         return -EINVAL;
     }
     *out = ch->stats;
-    return 0;
-}
-
-int rcolo_session_get_stats(struct rcolo_session *s,
-                            struct rcolo_session_stats *out)
-{
-    if (!s || !out) {
-        return -EINVAL;
-    }
-    pthread_mutex_lock(&s->lock);
-    *out = s->stats;
-    memset(&out->total, 0, sizeof(out->total));
-    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
-        struct rcolo_channel *ch = s->chan[i];
-        if (!ch) {
-            continue;
-        }
-        out->total.bytes += ch->stats.bytes;
-        out->total.pages += ch->stats.pages;
-        out->total.zero_pages += ch->stats.zero_pages;
-        out->total.write_wrs += ch->stats.write_wrs;
-        out->total.descriptors += ch->stats.descriptors;
-        out->total.credit_waits += ch->stats.credit_waits;
-        out->total.fences += ch->stats.fences;
-    }
-    pthread_mutex_unlock(&s->lock);
     return 0;
 }

@@ -29,6 +29,10 @@
  * one thread at a time; different channels may be used concurrently.  The
  * stream may be read and written from different threads at once.
  * rcolo_session_shutdown may be called from any thread at any time.
+ *
+ * ABI: structs the caller allocates end in reserved fields (zero), so that
+ * a release can add members without changing their size; the symbol map
+ * (rdmacolo.map) has one version node per release.
  */
 #ifndef RDMA_COLO_H
 #define RDMA_COLO_H
@@ -76,6 +80,7 @@ struct rcolo_uri {
     unsigned channels;
     unsigned depth;
     char token[RCOLO_MAX_TOKEN + 1];
+    uint64_t reserved[8]; /* zero; room for options without an ABI break */
 };
 
 /* Parse @text into @uri.  Returns 0 or -EINVAL (with @err filled). */
@@ -263,6 +268,7 @@ struct rcolo_desc {
     const uint64_t *zero;    /* nzero offsets, validated, already zeroed */
     uint64_t seq;            /* per-channel descriptor sequence number */
     void *priv_;             /* library use */
+    uint64_t reserved[4];    /* zero; room without an ABI break */
 };
 
 /*
@@ -330,6 +336,7 @@ struct rcolo_channel_stats {
     uint64_t descriptors;  /* descriptors sent / received */
     uint64_t credit_waits; /* times the primary waited for credits */
     uint64_t fences;
+    uint64_t reserved[8]; /* zero; room for counters without an ABI break */
 };
 
 struct rcolo_session_stats {
@@ -342,6 +349,7 @@ struct rcolo_session_stats {
     uint64_t stream_bytes_received;
     uint64_t stream_messages_sent; /* STREAM messages posted (at most
                                       64 KiB of payload each) */
+    uint64_t reserved[8]; /* zero; room for counters without an ABI break */
 };
 
 /* Copy counters.  Returns 0 or -EINVAL. */
@@ -349,20 +357,6 @@ int rcolo_channel_get_stats(struct rcolo_channel *ch,
                             struct rcolo_channel_stats *out);
 int rcolo_session_get_stats(struct rcolo_session *s,
                             struct rcolo_session_stats *out);
-
-/* ------------------------------------------------------------- testing */
-
-/*
- * Test hooks (used by the rxe suite to play a broken or hostile peer).
- * Not for production use.
- */
-enum rcolo_test_hook {
-    RCOLO_TEST_NONE = 0,
-    RCOLO_TEST_BAD_VERSION,        /* primary: connect with version + 1 */
-    RCOLO_TEST_DESC_OUT_OF_BOUNDS, /* primary: next descriptor's first
-                                      offset points past the region */
-};
-void rcolo_test_set_hook(enum rcolo_test_hook hook);
 
 #ifdef __cplusplus
 }

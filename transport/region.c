@@ -119,13 +119,13 @@ int rcolo_region_add(struct rcolo_session *s, uint32_t id, const char *name,
                                "region %u: name longer than %d bytes", id,
                                RCOLO_MAX_NAME);
     }
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->core.lock);
     if (g_hash_table_contains(s->regions, GUINT_TO_POINTER(id))) {
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->core.lock);
         return rcolo_set_error(err, -EEXIST, "region %u already added", id);
     }
     if (g_hash_table_size(s->regions) >= RCOLO_MAX_REGIONS) {
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->core.lock);
         return rcolo_set_error(err, -ENOSPC, "more than %d regions",
                                RCOLO_MAX_REGIONS);
     }
@@ -165,25 +165,25 @@ int rcolo_region_add(struct rcolo_session *s, uint32_t id, const char *name,
         }
     }
     g_hash_table_insert(s->regions, GUINT_TO_POINTER(id), r);
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     return 0;
 
 fail:
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     g_free(r);
     return ret;
 }
 
 int rcolo_region_remove(struct rcolo_session *s, uint32_t id)
 {
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->core.lock);
     bool found = g_hash_table_remove(s->regions, GUINT_TO_POINTER(id));
     for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
-        if (s->chan[i]) {
-            s->chan[i]->last_region = NULL;
+        if (s->chan[i] && s->role == RCOLO_PRIMARY) {
+            s->chan[i]->tx.last_region = NULL;
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     return found ? 0 : -ENOENT;
 }
 
@@ -192,7 +192,7 @@ int rcolo_region_lookup(struct rcolo_session *s, const char *name, uint32_t *id,
 {
     int ret = -ENOENT;
 
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->core.lock);
     for (int i = 0; i < s->nremote; i++) {
         if (strcmp(s->remote[i].name, name) == 0) {
             *id = s->remote[i].id;
@@ -202,12 +202,12 @@ int rcolo_region_lookup(struct rcolo_session *s, const char *name, uint32_t *id,
             break;
         }
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     return ret;
 }
 
-int rcolo_region_table_build(struct rcolo_session *s, uint8_t *buf, size_t size,
-                             size_t *len)
+int rcolo_region_table_build_locked(struct rcolo_session *s, uint8_t *buf,
+                                    size_t size, size_t *len)
 {
     guint count = g_hash_table_size(s->regions);
     struct rcolo_region_entry *e =
@@ -235,74 +235,53 @@ int rcolo_region_table_build(struct rcolo_session *s, uint8_t *buf, size_t size,
     return *len ? 0 : -EMSGSIZE;
 }
 
-/* Send the region table on the control connection (locked).  It uses one
- * of the peer's stream slots, like stream data: wait for a credit and a
- * send slot until @deadline. */
-int rcolo_region_table_send_locked(struct rcolo_session *s, int64_t deadline)
+struct rcolo_region *rcolo_region_find_locked(struct rcolo_session *s,
+                                              uint32_t id)
 {
-    uint32_t slot;
-    size_t len;
-    int ret;
+    struct rcolo_region *r =
+        g_hash_table_lookup(s->regions, GUINT_TO_POINTER(id));
 
-    while (s->status == 0 && s->stream.credits.avail == 0) {
-        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
-            return -ETIMEDOUT;
-        }
-    }
-    ret = s->status ? s->status
-                    : rcolo_ctl_get_send_slot_locked(s, deadline, &slot);
-    if (ret == 0) {
-        ret = rcolo_region_table_build(s, rcolo_slot_buf(&s->ctl_send, slot),
-                                       s->ctl_send.size, &len);
-    }
-    if (ret == 0) {
-        rcolo_credits_take(&s->stream.credits);
-        ret = rcolo_ctl_post_send_locked(s, slot, (uint32_t)len);
-    }
-    return ret;
+    return r && r->mr ? r : NULL;
 }
 
-int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
+void rcolo_region_table_set_locked(struct rcolo_session *s,
+                                   struct rcolo_region_entry *table, int n)
 {
-    int ret;
+    g_free(s->remote);
+    s->remote = table;
+    s->nremote = n;
+    pthread_cond_broadcast(&s->core.cond);
+}
 
-    if (s->role != RCOLO_SECONDARY) {
-        return rcolo_set_error(err, -EINVAL, "only the secondary publishes");
-    }
-    pthread_mutex_lock(&s->lock);
-    if (s->state != RCOLO_SESSION_READY && s->status == 0) {
-        pthread_mutex_unlock(&s->lock);
-        return rcolo_set_error(err, -ENOTCONN, "no primary connected yet");
-    }
-    ret = rcolo_region_table_send_locked(s, -1);
-    if (ret) {
-        rcolo_set_error(err, ret, "cannot publish regions: %s",
-                        s->status ? s->error : strerror(-ret));
-    }
-    pthread_mutex_unlock(&s->lock);
-    return ret;
+struct remote_wait {
+    struct rcolo_session *s;
+    uint32_t id;
+};
+
+static bool remote_known(void *arg)
+{
+    struct remote_wait *w = arg;
+
+    return find_remote(w->s, w->id) != NULL;
 }
 
 int rcolo_region_wait(struct rcolo_session *s, uint32_t id, int timeout_ms,
                       struct rcolo_error *err)
 {
-    int64_t deadline = rcolo_deadline(timeout_ms);
-    int ret = 0;
+    struct remote_wait w = {.s = s, .id = id};
+    int ret;
 
-    pthread_mutex_lock(&s->lock);
-    while (!find_remote(s, id)) {
-        if (s->status) {
-            ret = rcolo_set_error(err, s->status, "%s", s->error);
-            break;
-        }
-        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
-            ret = rcolo_set_error(err, -ETIMEDOUT,
-                                  "the secondary did not advertise region %u "
-                                  "within %d ms",
-                                  id, timeout_ms);
-            break;
-        }
+    pthread_mutex_lock(&s->core.lock);
+    ret = rcolo_wait_locked(&s->core, remote_known, &w,
+                            rcolo_deadline(timeout_ms));
+    if (ret == -ETIMEDOUT) {
+        rcolo_set_error(err, ret,
+                        "the secondary did not advertise region %u within %d "
+                        "ms",
+                        id, timeout_ms);
+    } else if (ret) {
+        rcolo_set_error(err, ret, "%s", s->core.error);
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     return ret;
 }

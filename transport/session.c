@@ -17,58 +17,12 @@
 
 #include "internal.h"
 
-enum rcolo_test_hook rcolo_test_hook_armed;
-
-void rcolo_test_set_hook(enum rcolo_test_hook hook)
-{
-    rcolo_test_hook_armed = hook;
-}
-
-/* --------------------------------------------------------------- time */
-
-int64_t rcolo_now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-int64_t rcolo_deadline(int timeout_ms)
-{
-    return timeout_ms < 0 ? -1 : rcolo_now_ns() + (int64_t)timeout_ms * 1000000;
-}
-
-int rcolo_deadline_ms(int64_t deadline)
-{
-    if (deadline < 0) {
-        return -1;
-    }
-    int64_t left = deadline - rcolo_now_ns();
-    if (left <= 0) {
-        return 0;
-    }
-    left = (left + 999999) / 1000000;
-    return left > 1000000 ? 1000000 : (int)left;
-}
-
-int rcolo_session_wait_locked(struct rcolo_session *s, int64_t deadline)
-{
-    if (deadline < 0) {
-        pthread_cond_wait(&s->cond, &s->lock);
-        return 0;
-    }
-    struct timespec ts = {.tv_sec = deadline / 1000000000,
-                          .tv_nsec = deadline % 1000000000};
-    return -pthread_cond_timedwait(&s->cond, &s->lock, &ts);
-}
-
 /* -------------------------------------------------------------- errors */
 
 static void disconnect_all_locked(struct rcolo_session *s)
 {
-    if (s->ctl_id && s->ctl_established) {
-        rdma_disconnect(s->ctl_id);
+    if (s->ctl.id && s->ctl.established) {
+        rdma_disconnect(s->ctl.id);
     }
     for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
         struct rcolo_channel *ch = s->chan[i];
@@ -78,93 +32,77 @@ static void disconnect_all_locked(struct rcolo_session *s)
     }
 }
 
-static int fail_va(struct rcolo_session *s, int code, const char *fmt,
-                   va_list ap)
+/* core.h's on_fail callback: the first failure was recorded (lock held). */
+static void session_failed(void *opaque)
 {
-    if (s->status == 0) {
-        /* The text first: lock-free readers check status, then read it. */
-        vsnprintf(s->error, sizeof(s->error), fmt, ap);
-        __atomic_store_n(&s->status, code < 0 ? code : -EIO, __ATOMIC_RELEASE);
-        s->state = RCOLO_SESSION_FAILED;
-        uint64_t one = 1;
-        if (write(s->abort_fd, &one, sizeof(one)) < 0) {
-            /* eventfd write cannot fail short of overflow */
-        }
-        rcolo_stream_update_fd_locked(s);
-        pthread_cond_broadcast(&s->cond);
-        /* Tell the peer at once: its waiters fail instead of hanging. */
-        disconnect_all_locked(s);
-    }
-    return s->status;
-}
+    struct rcolo_session *s = opaque;
 
-int rcolo_session_fail_locked(struct rcolo_session *s, int code,
-                              const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int ret = fail_va(s, code, fmt, ap);
-    va_end(ap);
-    return ret;
-}
-
-int rcolo_session_fail(struct rcolo_session *s, int code, const char *fmt, ...)
-{
-    va_list ap;
-    pthread_mutex_lock(&s->lock);
-    va_start(ap, fmt);
-    int ret = fail_va(s, code, fmt, ap);
-    va_end(ap);
-    pthread_mutex_unlock(&s->lock);
-    return ret;
+    s->state = RCOLO_SESSION_FAILED;
+    rcolo_ctl_update_fd_locked(s);
+    /* Tell the peer at once: its waiters fail instead of hanging. */
+    disconnect_all_locked(s);
 }
 
 void rcolo_session_set_busy_poll(struct rcolo_session *s, bool on)
 {
-    __atomic_store_n(&s->busy_poll, on, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->core.busy_poll, on, __ATOMIC_RELEASE);
 }
 
 int rcolo_session_status(const struct rcolo_session *s)
 {
-    return __atomic_load_n(&s->status, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s->core.status, __ATOMIC_ACQUIRE);
 }
 
 const char *rcolo_session_error(const struct rcolo_session *s)
 {
-    return rcolo_session_status(s) ? s->error : "";
+    return rcolo_session_status(s) ? s->core.error : "";
 }
 
 static int session_error(struct rcolo_session *s, struct rcolo_error *err)
 {
-    return rcolo_set_error(err, s->status, "%s", s->error);
+    return rcolo_set_error(err, s->core.status, "%s", s->core.error);
 }
 
 /* ------------------------------------------------------------- create */
 
-struct rcolo_session *rcolo_session_new(enum rcolo_role role,
-                                        const struct rcolo_uri *uri)
-{
-    struct rcolo_session *s = g_new0(struct rcolo_session, 1);
-    pthread_condattr_t ca;
+static int no_device_error(struct rcolo_error *err);
 
+static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
+                       struct rcolo_session **out, struct rcolo_error *err)
+{
+    struct rcolo_session *s;
+    int ret = no_device_error(err);
+
+    if (ret) {
+        return ret;
+    }
+    s = g_new0(struct rcolo_session, 1);
     s->role = role;
     s->uri = *uri;
     s->channels = uri->channels;
     s->depth = uri->depth;
     s->odp = -1;
     s->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    s->abort_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    s->stream.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_mutex_init(&s->stream.write_lock, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&s->cond, &ca);
-    pthread_condattr_destroy(&ca);
+    s->ctl.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->wake_fd < 0 || s->ctl.fd < 0 ||
+        rcolo_core_init(&s->core, session_failed, s)) {
+        ret = rcolo_set_error(err, -errno, "cannot create session: %s",
+                              strerror(errno));
+        if (s->wake_fd >= 0) {
+            close(s->wake_fd);
+        }
+        if (s->ctl.fd >= 0) {
+            close(s->ctl.fd);
+        }
+        g_free(s);
+        return ret;
+    }
+    pthread_mutex_init(&s->ctl.write_lock, NULL);
     s->regions = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
                                        rcolo_region_free);
     rcolo_token_hash(uri->token, s->token_hash);
-    return s;
+    *out = s;
+    return 0;
 }
 
 static int session_pd(struct rcolo_session *s, struct ibv_context *verbs,
@@ -204,63 +142,20 @@ unsigned rcolo_session_channels(const struct rcolo_session *s)
 
 /* ---------------------------------------------------- control setup */
 
-static int ctl_setup(struct rcolo_session *s, struct rdma_cm_id *id,
-                     struct rcolo_error *err)
-{
-    uint32_t nrecv = RCOLO_STREAM_SLOTS + RCOLO_STREAM_EXTRA;
-    int ret;
-
-    s->ctl_id = id;
-    ret = rcolo_qp_create(id, s->pd, &s->ctl_res, nrecv + 4, nrecv, err);
-    if (ret) {
-        return ret;
-    }
-    ret = rcolo_slots_init(&s->ctl_send, s->pd, RCOLO_STREAM_SLOTS + 4,
-                           RCOLO_STREAM_SLOT_SIZE, RCOLO_WR_SEND_SLOT, err);
-    if (ret) {
-        return ret;
-    }
-    ret = rcolo_slots_init(&s->ctl_recv, s->pd, nrecv, RCOLO_STREAM_SLOT_SIZE,
-                           RCOLO_WR_RECV_SLOT, err);
-    if (ret) {
-        return ret;
-    }
-    for (uint32_t i = 0; i < nrecv; i++) {
-        ret = rcolo_post_recv_slot(id->qp, &s->ctl_recv, i);
-        if (ret) {
-            return rcolo_set_error(err, ret, "cannot post receive: %s",
-                                   strerror(-ret));
-        }
-    }
-    ibv_req_notify_cq(s->ctl_res.cq, 0);
-    return rcolo_stream_init(s, err);
-}
-
-static void ctl_teardown(struct rcolo_session *s)
-{
-    if (s->ctl_id) {
-        rcolo_qp_destroy(s->ctl_id, &s->ctl_res);
-        rdma_destroy_id(s->ctl_id);
-        s->ctl_id = NULL;
-    }
-    rcolo_slots_fini(&s->ctl_send);
-    rcolo_slots_fini(&s->ctl_recv);
-}
-
 /* Secondary: the control connection is up; send the region table.  Runs
  * in the session thread, which is what frees send slots: all are free now,
  * and it is the first message, so a credit is there too. */
 static void ctl_established_locked(struct rcolo_session *s)
 {
-    s->ctl_established = true;
-    int ret = rcolo_region_table_send_locked(s, rcolo_deadline(0));
+    s->ctl.established = true;
+    int ret = rcolo_ctl_send_table_locked(s, rcolo_deadline(0));
     if (ret) {
-        rcolo_session_fail_locked(s, ret, "cannot send region table: %s",
-                                  strerror(-ret));
+        rcolo_fail_locked(&s->core, ret, "cannot send region table: %s",
+                          strerror(-ret));
         return;
     }
     s->state = RCOLO_SESSION_READY;
-    pthread_cond_broadcast(&s->cond);
+    pthread_cond_broadcast(&s->core.cond);
 }
 
 /* ------------------------------------------------ secondary: requests */
@@ -272,7 +167,7 @@ static enum rcolo_reject_reason check_request(struct rcolo_session *s,
         return RCOLO_REJ_BAD_TOKEN;
     }
     if (req->role == RCOLO_CONN_CONTROL) {
-        if (s->ctl_id || s->state != RCOLO_SESSION_LISTENING) {
+        if (s->ctl.id || s->state != RCOLO_SESSION_LISTENING) {
             return RCOLO_REJ_BUSY;
         }
         return RCOLO_REJ_NONE;
@@ -311,18 +206,15 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         if (req.role == RCOLO_CONN_CONTROL) {
             s->channels = req.channels;
             s->depth = req.depth < s->depth ? req.depth : s->depth;
-            if (ctl_setup(s, id, &err)) {
+            if (rcolo_ctl_setup(s, id, &err)) {
                 why = RCOLO_REJ_NO_RESOURCES;
-                s->ctl_id = NULL;
-                rcolo_qp_destroy(id, &s->ctl_res);
-                rcolo_slots_fini(&s->ctl_send);
-                rcolo_slots_fini(&s->ctl_recv);
-                rcolo_stream_fini(s);
+                /* The id is destroyed below, after the ack. */
+                rcolo_qp_destroy(id, &s->ctl.res);
+                s->ctl.id = NULL;
+                rcolo_ctl_teardown(s);
             }
         } else {
-            ch = g_new0(struct rcolo_channel, 1);
-            ch->s = s;
-            ch->index = req.index;
+            ch = rcolo_channel_new(s, req.index);
             ch->id = id;
             if (rcolo_channel_setup(ch, &err)) {
                 why = RCOLO_REJ_NO_RESOURCES;
@@ -339,9 +231,8 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         rdma_reject(id, pdata, (uint8_t)n);
         if (why == RCOLO_REJ_NO_RESOURCES) {
             /* Our own failure, not the peer's fault: record it. */
-            rcolo_session_fail_locked(s, err.code ? err.code : -ENOMEM,
-                                      "cannot accept connection: %s",
-                                      err.message);
+            rcolo_fail_locked(&s->core, err.code ? err.code : -ENOMEM,
+                              "cannot accept connection: %s", err.message);
         }
         return id;
     }
@@ -369,8 +260,7 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         s->chan[ch->index] = ch;
     }
     if (rdma_accept(id, &param)) {
-        rcolo_session_fail_locked(s, -errno, "rdma_accept: %s",
-                                  strerror(errno));
+        rcolo_fail_locked(&s->core, -errno, "rdma_accept: %s", strerror(errno));
     }
     return NULL;
 }
@@ -380,7 +270,7 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
 static const char *id_name(struct rcolo_session *s, struct rdma_cm_id *id,
                            char *buf, size_t size)
 {
-    if (id == s->ctl_id) {
+    if (id == s->ctl.id) {
         return "control connection";
     }
     struct rcolo_channel *ch = id->context;
@@ -400,7 +290,7 @@ static void handle_cm_event(struct rcolo_session *s)
     if (rdma_get_cm_event(s->cm, &ev)) {
         return;
     }
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->core.lock);
     switch (ev->event) {
     case RDMA_CM_EVENT_CONNECT_REQUEST:
         if (s->role == RCOLO_SECONDARY && !s->thread_stop) {
@@ -411,33 +301,33 @@ static void handle_cm_event(struct rcolo_session *s)
         }
         break;
     case RDMA_CM_EVENT_ESTABLISHED:
-        if (ev->id == s->ctl_id) {
+        if (ev->id == s->ctl.id) {
             ctl_established_locked(s);
         } else if (ev->id->context) {
             struct rcolo_channel *ch = ev->id->context;
             ch->state = RCOLO_CHAN_ESTABLISHED;
-            pthread_cond_broadcast(&s->cond);
+            pthread_cond_broadcast(&s->core.cond);
         }
         break;
     case RDMA_CM_EVENT_DISCONNECTED:
-        rcolo_session_fail_locked(s, -ECONNRESET, "peer disconnected (%s)",
-                                  id_name(s, ev->id, name, sizeof(name)));
+        rcolo_fail_locked(&s->core, -ECONNRESET, "peer disconnected (%s)",
+                          id_name(s, ev->id, name, sizeof(name)));
         rdma_disconnect(ev->id);
         break;
     case RDMA_CM_EVENT_DEVICE_REMOVAL:
-        rcolo_session_fail_locked(s, -ENODEV, "RDMA device removed");
+        rcolo_fail_locked(&s->core, -ENODEV, "RDMA device removed");
         break;
     case RDMA_CM_EVENT_CONNECT_ERROR:
     case RDMA_CM_EVENT_UNREACHABLE:
     case RDMA_CM_EVENT_REJECTED:
-        rcolo_session_fail_locked(s, -ECONNABORTED, "%s failed: %s (%d)",
-                                  id_name(s, ev->id, name, sizeof(name)),
-                                  rdma_event_str(ev->event), ev->status);
+        rcolo_fail_locked(&s->core, -ECONNABORTED, "%s failed: %s (%d)",
+                          id_name(s, ev->id, name, sizeof(name)),
+                          rdma_event_str(ev->event), ev->status);
         break;
     default:
         break; /* TIMEWAIT_EXIT, ADDR_CHANGE: nothing to do */
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     rdma_ack_cm_event(ev);
     if (destroy) {
         rdma_destroy_id(destroy);
@@ -458,36 +348,13 @@ static void handle_async_event(struct rcolo_session *s)
     case IBV_EVENT_CQ_ERR:
     case IBV_EVENT_DEVICE_FATAL:
     case IBV_EVENT_PORT_ERR:
-        rcolo_session_fail(s, -EIO, "RDMA async event: %s",
-                           ibv_event_type_str(ev.event_type));
+        rcolo_fail(&s->core, -EIO, "RDMA async event: %s",
+                   ibv_event_type_str(ev.event_type));
         break;
     default:
         break;
     }
     ibv_ack_async_event(&ev);
-}
-
-static void handle_ctl_cq(struct rcolo_session *s)
-{
-    struct ibv_cq *cq;
-    void *ctx;
-    struct ibv_wc wc[8];
-
-    if (ibv_get_cq_event(s->ctl_res.comp, &cq, &ctx) == 0) {
-        ibv_ack_cq_events(cq, 1);
-    }
-    ibv_req_notify_cq(s->ctl_res.cq, 0);
-    for (;;) {
-        int n = ibv_poll_cq(s->ctl_res.cq, 8, wc);
-        if (n <= 0) {
-            break;
-        }
-        pthread_mutex_lock(&s->lock);
-        for (int i = 0; i < n; i++) {
-            rcolo_ctl_completion(s, &wc[i]);
-        }
-        pthread_mutex_unlock(&s->lock);
-    }
 }
 
 static void *session_thread(void *opaque)
@@ -498,18 +365,18 @@ static void *session_thread(void *opaque)
         struct pollfd pfd[4];
         int n = 0, ctl = -1, async = -1;
 
-        pthread_mutex_lock(&s->lock);
+        pthread_mutex_lock(&s->core.lock);
         bool stop = s->thread_stop;
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->core.lock);
         if (stop) {
             break;
         }
         pfd[n++] = (struct pollfd){.fd = s->wake_fd, .events = POLLIN};
         pfd[n++] = (struct pollfd){.fd = s->cm->fd, .events = POLLIN};
-        if (s->ctl_res.comp) {
+        if (s->ctl.res.comp) {
             ctl = n;
             pfd[n++] =
-                (struct pollfd){.fd = s->ctl_res.comp->fd, .events = POLLIN};
+                (struct pollfd){.fd = s->ctl.res.comp->fd, .events = POLLIN};
         }
         if (s->verbs) {
             async = n;
@@ -529,7 +396,7 @@ static void *session_thread(void *opaque)
             handle_cm_event(s);
         }
         if (ctl >= 0 && pfd[ctl].revents) {
-            handle_ctl_cq(s);
+            rcolo_ctl_poll(s);
         }
         if (async >= 0 && pfd[async].revents) {
             handle_async_event(s);
@@ -546,7 +413,8 @@ static void session_wake(struct rcolo_session *s)
     }
 }
 
-int rcolo_session_start_thread(struct rcolo_session *s, struct rcolo_error *err)
+static int session_start_thread(struct rcolo_session *s,
+                                struct rcolo_error *err)
 {
     int ret = pthread_create(&s->thread, NULL, session_thread, s);
     if (ret) {
@@ -558,19 +426,6 @@ int rcolo_session_start_thread(struct rcolo_session *s, struct rcolo_error *err)
 }
 
 /* ------------------------------------------------------------ listen */
-
-/* A CM event channel whose fd never blocks (waits poll() it). */
-static int open_event_channel(struct rdma_event_channel **ch,
-                              struct rcolo_error *err)
-{
-    *ch = rdma_create_event_channel();
-    if (!*ch) {
-        return rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
-                               strerror(errno));
-    }
-    fcntl((*ch)->fd, F_SETFL, fcntl((*ch)->fd, F_GETFL) | O_NONBLOCK);
-    return 0;
-}
 
 static int resolve(const struct rcolo_uri *uri, bool passive,
                    struct rdma_addrinfo **res, struct rcolo_error *err)
@@ -612,15 +467,14 @@ int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
     int ret;
 
     *out = NULL;
-    ret = no_device_error(err);
+    ret = session_new(RCOLO_SECONDARY, uri, &s, err);
     if (ret) {
         return ret;
     }
-    s = rcolo_session_new(RCOLO_SECONDARY, uri);
     if (getrandom(&s->nonce, sizeof(s->nonce), 0) != sizeof(s->nonce)) {
         s->nonce = (uint64_t)rcolo_now_ns() ^ ((uint64_t)getpid() << 32);
     }
-    ret = open_event_channel(&s->cm, err);
+    ret = rcolo_cm_channel_open(&s->cm, err);
     if (ret) {
         goto fail;
     }
@@ -652,7 +506,7 @@ int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
         }
     }
     s->state = RCOLO_SESSION_LISTENING;
-    ret = rcolo_session_start_thread(s, err);
+    ret = session_start_thread(s, err);
     if (ret) {
         goto fail;
     }
@@ -676,63 +530,75 @@ int rcolo_session_port(struct rcolo_session *s)
     return be16toh(rdma_get_src_port(s->listen_id));
 }
 
+static bool session_ready(void *arg)
+{
+    struct rcolo_session *s = arg;
+
+    return s->state == RCOLO_SESSION_READY;
+}
+
 int rcolo_accept(struct rcolo_session *s, int timeout_ms,
                  struct rcolo_error *err)
 {
-    int64_t deadline = rcolo_deadline(timeout_ms);
-    int ret = 0;
+    int ret;
 
-    pthread_mutex_lock(&s->lock);
-    while (s->state != RCOLO_SESSION_READY && s->status == 0) {
-        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
-            ret = rcolo_set_error(err, -ETIMEDOUT,
-                                  "no primary connected within %d ms",
-                                  timeout_ms);
-            break;
-        }
+    pthread_mutex_lock(&s->core.lock);
+    ret = rcolo_wait_locked(&s->core, session_ready, s,
+                            rcolo_deadline(timeout_ms));
+    if (ret == -ETIMEDOUT) {
+        rcolo_set_error(err, ret, "no primary connected within %d ms",
+                        timeout_ms);
+    } else if (ret) {
+        session_error(s, err);
     }
-    if (s->status) {
-        ret = session_error(s, err);
-    }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     return ret;
+}
+
+struct chan_wait {
+    struct rcolo_session *s;
+    unsigned index;
+};
+
+/* A channel to hand out, or a reason to stop waiting for one. */
+static bool chan_decided(void *arg)
+{
+    struct chan_wait *w = arg;
+    struct rcolo_session *s = w->s;
+
+    return s->core.status ||
+           (s->state == RCOLO_SESSION_READY && w->index >= s->channels) ||
+           (s->chan[w->index] &&
+            s->chan[w->index]->state == RCOLO_CHAN_ESTABLISHED);
 }
 
 int rcolo_channel_accept(struct rcolo_session *s, unsigned index,
                          int timeout_ms, struct rcolo_channel **out,
                          struct rcolo_error *err)
 {
-    int64_t deadline = rcolo_deadline(timeout_ms);
-    int ret = 0;
+    struct chan_wait w = {.s = s, .index = index};
+    int ret;
 
     *out = NULL;
     if (s->role != RCOLO_SECONDARY || index >= RCOLO_MAX_CHANNELS) {
         return rcolo_set_error(err, -EINVAL, "bad channel index %u", index);
     }
-    pthread_mutex_lock(&s->lock);
-    for (;;) {
-        if (s->status) {
-            ret = session_error(s, err);
-            break;
-        }
-        if (s->state == RCOLO_SESSION_READY && index >= s->channels) {
-            ret = rcolo_set_error(err, -EINVAL,
-                                  "channel %u: the session has %u channels",
-                                  index, s->channels);
-            break;
-        }
-        if (s->chan[index] && s->chan[index]->state == RCOLO_CHAN_ESTABLISHED) {
-            *out = s->chan[index];
-            break;
-        }
-        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
-            ret = rcolo_set_error(err, -ETIMEDOUT,
-                                  "data channel %u not connected within %d ms",
-                                  index, timeout_ms);
-            break;
-        }
+    pthread_mutex_lock(&s->core.lock);
+    ret = rcolo_wait_locked(&s->core, chan_decided, &w,
+                            rcolo_deadline(timeout_ms));
+    if (ret == -ETIMEDOUT) {
+        rcolo_set_error(err, ret, "data channel %u not connected within %d ms",
+                        index, timeout_ms);
+    } else if (ret || s->core.status) {
+        ret = session_error(s, err);
+    } else if (index >= s->channels) {
+        ret = rcolo_set_error(err, -EINVAL,
+                              "channel %u: the session has %u channels", index,
+                              s->channels);
+    } else {
+        *out = s->chan[index];
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     return ret;
 }
 
@@ -747,7 +613,7 @@ static int connect_resolve(struct rcolo_session *s,
     struct rdma_addrinfo *ai;
     int ret;
 
-    ret = open_event_channel(pch, err);
+    ret = rcolo_cm_channel_open(pch, err);
     if (ret) {
         return ret;
     }
@@ -765,9 +631,8 @@ static int connect_resolve(struct rcolo_session *s,
         return rcolo_set_error(err, -errno, "cannot resolve %s: %s",
                                s->uri.host, strerror(errno));
     }
-    ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ADDR_RESOLVED,
-                        rcolo_deadline_ms(deadline), s->abort_fd, NULL, NULL,
-                        NULL, err);
+    ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ADDR_RESOLVED, deadline, &s->core,
+                        NULL, NULL, err);
     if (ret) {
         return ret;
     }
@@ -775,9 +640,8 @@ static int connect_resolve(struct rcolo_session *s,
         return rcolo_set_error(err, -errno, "cannot resolve route: %s",
                                strerror(errno));
     }
-    ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ROUTE_RESOLVED,
-                        rcolo_deadline_ms(deadline), s->abort_fd, NULL, NULL,
-                        NULL, err);
+    ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ROUTE_RESOLVED, deadline, &s->core,
+                        NULL, NULL, err);
     if (ret) {
         return ret;
     }
@@ -795,7 +659,6 @@ static int connect_finish(struct rcolo_session *s,
     uint8_t req_buf[RCOLO_WIRE_REQ_LEN];
     uint8_t reply[64];
     size_t reply_len = sizeof(reply);
-    int status = 0;
     struct rdma_conn_param param = {
         .private_data = req_buf,
         .private_data_len =
@@ -811,9 +674,8 @@ static int connect_finish(struct rcolo_session *s,
         return rcolo_set_error(err, -errno, "rdma_connect: %s",
                                strerror(errno));
     }
-    ret = rcolo_cm_wait(pch, RDMA_CM_EVENT_ESTABLISHED,
-                        rcolo_deadline_ms(deadline), s->abort_fd, reply,
-                        &reply_len, &status, err);
+    ret = rcolo_cm_wait(pch, RDMA_CM_EVENT_ESTABLISHED, deadline, &s->core,
+                        reply, &reply_len, err);
     if (ret == -ECONNREFUSED) {
         int why = rcolo_rej_decode(reply, reply_len);
         if (why > 0) {
@@ -842,6 +704,13 @@ static int connect_finish(struct rcolo_session *s,
     return 0;
 }
 
+static bool table_received(void *arg)
+{
+    struct rcolo_session *s = arg;
+
+    return s->ctl.table_received;
+}
+
 int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
                   struct rcolo_session **out, struct rcolo_error *err)
 {
@@ -856,12 +725,11 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
     if (strcmp(uri->port, "0") == 0) {
         return rcolo_set_error(err, -EINVAL, "cannot connect to port 0");
     }
-    ret = no_device_error(err);
+    ret = session_new(RCOLO_PRIMARY, uri, &s, err);
     if (ret) {
         return ret;
     }
-    s = rcolo_session_new(RCOLO_PRIMARY, uri);
-    ret = open_event_channel(&s->cm, err);
+    ret = rcolo_cm_channel_open(&s->cm, err);
     if (ret) {
         goto fail;
     }
@@ -870,7 +738,7 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
     if (ret) {
         goto fail;
     }
-    ret = ctl_setup(s, id, err);
+    ret = rcolo_ctl_setup(s, id, err);
     if (ret) {
         goto fail;
     }
@@ -880,7 +748,7 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
         .channels = (uint16_t)uri->channels,
         .depth = (uint16_t)uri->depth,
     };
-    if (rcolo_test_hook_armed == RCOLO_TEST_BAD_VERSION) {
+    if (rcolo_fault_fire(RCOLO_FAULT_BAD_VERSION)) {
         req.version++;
     }
     memcpy(req.token_hash, s->token_hash, RCOLO_TOKEN_HASH_LEN);
@@ -890,31 +758,40 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
     }
     rdma_destroy_event_channel(pch);
     pch = NULL;
+    /* The secondary may lower the depth, nothing else. */
+    if (rep.channels != uri->channels || rep.depth < 2 ||
+        rep.depth > uri->depth) {
+        ret = rcolo_set_error(err, -EPROTO,
+                              "secondary at %s:%s answered with %u channels "
+                              "of depth %u (asked for %u of depth %u)",
+                              uri->host, uri->port, rep.channels, rep.depth,
+                              uri->channels, uri->depth);
+        goto fail;
+    }
     s->channels = rep.channels;
     s->depth = rep.depth;
     s->nonce = rep.nonce;
-    s->ctl_established = true;
+    s->ctl.established = true;
 
-    ret = rcolo_session_start_thread(s, err);
+    ret = session_start_thread(s, err);
     if (ret) {
         goto fail;
     }
     /* The region table is the secondary's first message. */
-    pthread_mutex_lock(&s->lock);
-    while (!s->table_received && s->status == 0) {
-        if (rcolo_session_wait_locked(s, deadline) == -ETIMEDOUT) {
-            rcolo_session_fail_locked(s, -ETIMEDOUT,
-                                      "no region table from the secondary");
-        }
+    pthread_mutex_lock(&s->core.lock);
+    if (rcolo_wait_locked(&s->core, table_received, s, deadline) ==
+        -ETIMEDOUT) {
+        rcolo_fail_locked(&s->core, -ETIMEDOUT,
+                          "no region table from the secondary");
     }
-    if (s->status == 0) {
+    if (s->core.status == 0) {
         s->state = RCOLO_SESSION_READY;
     }
-    ret = s->status;
+    ret = s->core.status;
     if (ret) {
         session_error(s, err);
     }
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     if (ret) {
         goto fail;
     }
@@ -922,13 +799,12 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
     return 0;
 
 fail:
-    if (id && s->ctl_id != id) {
+    if (id && s->ctl.id != id) {
         rdma_destroy_id(id);
     }
     if (pch) {
         /* The id (ctl_id) still lives on pch: destroy it before pch. */
-        ctl_teardown(s);
-        rcolo_stream_fini(s);
+        rcolo_ctl_teardown(s);
         rdma_destroy_event_channel(pch);
     }
     rcolo_session_destroy(s);
@@ -950,21 +826,19 @@ int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
                                "bad channel index %u (session has %u)", index,
                                s->channels);
     }
-    if (s->status) {
+    if (s->core.status) {
         return session_error(s, err);
     }
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->core.lock);
     if (s->chan[index]) {
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->core.lock);
         return rcolo_set_error(err, -EEXIST, "channel %u already connected",
                                index);
     }
-    ch = g_new0(struct rcolo_channel, 1);
-    ch->s = s;
-    ch->index = index;
+    ch = rcolo_channel_new(s, index);
     ch->state = RCOLO_CHAN_CONNECTING;
     s->chan[index] = ch; /* reserve the index */
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
 
     ret = connect_resolve(s, &pch, &ch->id, deadline, err);
     if (ret == 0) {
@@ -982,9 +856,9 @@ int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
         ret = connect_finish(s, pch, ch->id, &req, NULL, deadline, err);
     }
     if (ret) {
-        pthread_mutex_lock(&s->lock);
+        pthread_mutex_lock(&s->core.lock);
         s->chan[index] = NULL;
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->core.lock);
         rcolo_channel_free(ch);
         if (pch) {
             rdma_destroy_event_channel(pch);
@@ -992,9 +866,9 @@ int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
         return ret;
     }
     rdma_destroy_event_channel(pch);
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->core.lock);
     ch->state = RCOLO_CHAN_ESTABLISHED;
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->core.lock);
     *out = ch;
     return 0;
 }
@@ -1007,7 +881,7 @@ void rcolo_session_shutdown(struct rcolo_session *s)
         return;
     }
     /* Failing the session wakes every waiter and disconnects. */
-    rcolo_session_fail(s, -ESHUTDOWN, "session shut down");
+    rcolo_fail(&s->core, -ESHUTDOWN, "session shut down");
     session_wake(s);
 }
 
@@ -1017,9 +891,9 @@ void rcolo_session_destroy(struct rcolo_session *s)
         return;
     }
     if (s->thread_started) {
-        pthread_mutex_lock(&s->lock);
+        pthread_mutex_lock(&s->core.lock);
         s->thread_stop = true;
-        pthread_mutex_unlock(&s->lock);
+        pthread_mutex_unlock(&s->core.lock);
         session_wake(s);
         pthread_join(s->thread, NULL);
         s->thread_started = false;
@@ -1033,11 +907,10 @@ void rcolo_session_destroy(struct rcolo_session *s)
             s->chan[i] = NULL;
         }
     }
-    if (s->ctl_id && s->ctl_established) {
-        rdma_disconnect(s->ctl_id);
+    if (s->ctl.id && s->ctl.established) {
+        rdma_disconnect(s->ctl.id);
     }
-    ctl_teardown(s);
-    rcolo_stream_fini(s);
+    rcolo_ctl_teardown(s);
     if (s->listen_id) {
         rdma_destroy_id(s->listen_id);
     }
@@ -1052,10 +925,36 @@ void rcolo_session_destroy(struct rcolo_session *s)
         rdma_destroy_event_channel(s->cm);
     }
     close(s->wake_fd);
-    close(s->abort_fd);
-    close(s->stream.fd);
-    pthread_mutex_destroy(&s->stream.write_lock);
-    pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->cond);
+    close(s->ctl.fd);
+    pthread_mutex_destroy(&s->ctl.write_lock);
+    rcolo_core_fini(&s->core);
     g_free(s);
+}
+
+/* -------------------------------------------------------------- stats */
+
+int rcolo_session_get_stats(struct rcolo_session *s,
+                            struct rcolo_session_stats *out)
+{
+    if (!s || !out) {
+        return -EINVAL;
+    }
+    pthread_mutex_lock(&s->core.lock);
+    *out = s->stats;
+    memset(&out->total, 0, sizeof(out->total));
+    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+        struct rcolo_channel *ch = s->chan[i];
+        if (!ch) {
+            continue;
+        }
+        out->total.bytes += ch->stats.bytes;
+        out->total.pages += ch->stats.pages;
+        out->total.zero_pages += ch->stats.zero_pages;
+        out->total.write_wrs += ch->stats.write_wrs;
+        out->total.descriptors += ch->stats.descriptors;
+        out->total.credit_waits += ch->stats.credit_waits;
+        out->total.fences += ch->stats.fences;
+    }
+    pthread_mutex_unlock(&s->core.lock);
+    return 0;
 }

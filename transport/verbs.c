@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Thin wrappers over libibverbs / librdmacm: QP and CQ setup, message
- * slot rings, interruptible waits, and error texts.
+ * Thin layer over libibverbs / librdmacm (see verbs.h): QP and CQ setup,
+ * message slot rings, completion errors, CQ and CM waits.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -12,21 +13,37 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include <glib.h>
 
-int rcolo_set_error(struct rcolo_error *err, int code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof(err->message), fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
+#include "verbs.h"
 
 /* --------------------------------------------------------------- slots */
+
+const char *rcolo_wc_what(const struct ibv_wc *wc)
+{
+    const struct rcolo_wr_ctx *ctx = rcolo_wc_ctx(wc);
+
+    if (!ctx) {
+        return "work request";
+    }
+    switch (ctx->type) {
+    case RCOLO_WR_WRITE:
+        return "RDMA WRITE";
+    case RCOLO_WR_SEND_SLOT:
+        return "SEND";
+    case RCOLO_WR_RECV_SLOT:
+        return "RECV";
+    }
+    return "work request";
+}
+
+int rcolo_wc_errno(enum ibv_wc_status status)
+{
+    return status == IBV_WC_WR_FLUSH_ERR || status == IBV_WC_RETRY_EXC_ERR ||
+                   status == IBV_WC_RNR_RETRY_EXC_ERR
+               ? -ECONNRESET
+               : -EIO;
+}
 
 int rcolo_slots_init(struct rcolo_slots *r, struct ibv_pd *pd, uint32_t count,
                      uint32_t size, enum rcolo_wr_type type,
@@ -38,15 +55,20 @@ int rcolo_slots_init(struct rcolo_slots *r, struct ibv_pd *pd, uint32_t count,
     r->count = count;
     r->size = size;
     if (posix_memalign((void **)&r->buf, 4096, total)) {
+        r->buf = NULL;
         return rcolo_set_error(err, -ENOMEM, "out of memory (%zu bytes)",
                                total);
     }
     memset(r->buf, 0, total);
     r->ctx = g_new0(struct rcolo_wr_ctx, count);
-    r->busy = g_new0(bool, count);
     for (uint32_t i = 0; i < count; i++) {
         r->ctx[i].type = type;
         r->ctx[i].slot = i;
+    }
+    if (type == RCOLO_WR_SEND_SLOT) {
+        rcolo_fifo_init(&r->inflight, count); /* asserts a power of two */
+    } else {
+        r->held = g_new0(bool, count);
     }
     /* Message buffers are local only: no remote access of any kind. */
     r->mr = ibv_reg_mr(pd, r->buf, total, IBV_ACCESS_LOCAL_WRITE);
@@ -63,11 +85,48 @@ void rcolo_slots_fini(struct rcolo_slots *r)
     }
     free(r->buf);
     g_free(r->ctx);
-    g_free(r->busy);
+    g_free(r->held);
     memset(r, 0, sizeof(*r));
 }
 
-int rcolo_post_recv_slot(struct ibv_qp *qp, struct rcolo_slots *r, uint32_t i)
+int rcolo_slots_acquire(struct rcolo_slots *r)
+{
+    if (rcolo_fifo_full(&r->inflight)) {
+        return -EAGAIN;
+    }
+    return (int)rcolo_fifo_push(&r->inflight);
+}
+
+bool rcolo_slots_retire(struct rcolo_slots *r, uint32_t i)
+{
+    if (r->inflight.count == 0 || rcolo_fifo_front(&r->inflight) != i) {
+        return false;
+    }
+    rcolo_fifo_pop(&r->inflight);
+    return true;
+}
+
+void rcolo_slots_send_wr(const struct rcolo_slots *r, uint32_t i, uint32_t len,
+                         uint32_t max_inline, struct ibv_send_wr *wr,
+                         struct ibv_sge *sge)
+{
+    assert(len <= r->size);
+    *sge = (struct ibv_sge){
+        .addr = (uintptr_t)rcolo_slot_buf(r, i),
+        .length = len,
+        .lkey = r->mr->lkey,
+    };
+    *wr = (struct ibv_send_wr){
+        .wr_id = (uintptr_t)&r->ctx[i],
+        .sg_list = sge,
+        .num_sge = 1,
+        .opcode = IBV_WR_SEND,
+        .send_flags =
+            IBV_SEND_SIGNALED | (len <= max_inline ? IBV_SEND_INLINE : 0),
+    };
+}
+
+int rcolo_slots_post_recv(struct ibv_qp *qp, struct rcolo_slots *r, uint32_t i)
 {
     struct ibv_sge sge = {
         .addr = (uintptr_t)rcolo_slot_buf(r, i),
@@ -80,24 +139,51 @@ int rcolo_post_recv_slot(struct ibv_qp *qp, struct rcolo_slots *r, uint32_t i)
         .num_sge = 1,
     };
     struct ibv_recv_wr *bad;
+    int ret = -ibv_post_recv(qp, &wr, &bad);
 
-    return -ibv_post_recv(qp, &wr, &bad);
+    if (ret == 0) {
+        r->held[i] = false;
+    }
+    return ret;
 }
 
 /* ---------------------------------------------------------------- QPs */
+
+/* SENDs up to this size go inline where the device allows: CREDIT and
+ * FENCE_ACK messages, fence descriptors and short page lists. */
+#define RCOLO_INLINE_WANT 64
+
+static int create_qp(struct rdma_cm_id *id, struct ibv_pd *pd,
+                     struct rcolo_qp_res *res, uint32_t send_wr,
+                     uint32_t recv_wr, uint32_t max_inline)
+{
+    struct ibv_qp_init_attr attr = {
+        .send_cq = res->cq,
+        .recv_cq = res->cq,
+        .cap = {.max_send_wr = send_wr,
+                .max_recv_wr = recv_wr,
+                .max_send_sge = 1,
+                .max_recv_sge = 1,
+                .max_inline_data = max_inline},
+        .qp_type = IBV_QPT_RC,
+        .sq_sig_all = 0,
+    };
+
+    if (rdma_create_qp(id, pd, &attr)) {
+        return -errno;
+    }
+    /* The provider reports what it really gave (often more). */
+    res->max_inline = attr.cap.max_inline_data < max_inline
+                          ? attr.cap.max_inline_data
+                          : max_inline;
+    return 0;
+}
 
 int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd,
                     struct rcolo_qp_res *res, uint32_t send_wr,
                     uint32_t recv_wr, struct rcolo_error *err)
 {
-    struct ibv_qp_init_attr attr = {
-        .cap = {.max_send_wr = send_wr,
-                .max_recv_wr = recv_wr,
-                .max_send_sge = 1,
-                .max_recv_sge = 1},
-        .qp_type = IBV_QPT_RC,
-        .sq_sig_all = 0,
-    };
+    int ret;
 
     res->comp = ibv_create_comp_channel(id->verbs);
     if (!res->comp) {
@@ -113,12 +199,15 @@ int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd,
         return rcolo_set_error(err, -errno, "cannot create CQ of %u: %s",
                                send_wr + recv_wr, strerror(errno));
     }
-    attr.send_cq = res->cq;
-    attr.recv_cq = res->cq;
-    if (rdma_create_qp(id, pd, &attr)) {
-        return rcolo_set_error(err, -errno,
+    /* A device without inline sends refuses the request: go without. */
+    ret = create_qp(id, pd, res, send_wr, recv_wr, RCOLO_INLINE_WANT);
+    if (ret == -EINVAL) {
+        ret = create_qp(id, pd, res, send_wr, recv_wr, 0);
+    }
+    if (ret) {
+        return rcolo_set_error(err, ret,
                                "cannot create RC QP (%u send, %u recv WRs): %s",
-                               send_wr, recv_wr, strerror(errno));
+                               send_wr, recv_wr, strerror(-ret));
     }
     return 0;
 }
@@ -138,36 +227,61 @@ void rcolo_qp_destroy(struct rdma_cm_id *id, struct rcolo_qp_res *res)
     }
 }
 
-int rcolo_cq_wait(struct rcolo_qp_res *res, int abort_fd, int timeout_ms)
+int rcolo_post_send(struct rdma_cm_id *id, struct ibv_send_wr *first)
+{
+    struct ibv_send_wr *bad;
+
+    return -ibv_post_send(id->qp, first, &bad);
+}
+
+/* Sleep on @fd or the abort fd until @deadline.  Returns 1 (fd readable),
+ * 0 (deadline), -ECANCELED (session failed) or -errno. */
+static int poll_fd(int fd, struct rcolo_core *c, int64_t deadline)
 {
     struct pollfd pfd[2] = {
-        {.fd = res->comp->fd, .events = POLLIN},
-        {.fd = abort_fd, .events = POLLIN},
+        {.fd = fd, .events = POLLIN},
+        {.fd = c ? c->abort_fd : -1, .events = POLLIN},
     };
-    struct ibv_cq *cq;
-    void *ctx;
 
     for (;;) {
-        int n = poll(pfd, 2, timeout_ms);
+        int n = poll(pfd, c ? 2 : 1, rcolo_deadline_ms(deadline));
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
         if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
             return -errno;
         }
         if (n == 0) {
             return 0;
         }
-        if (pfd[1].revents) {
-            return -ECANCELED;
-        }
-        break;
+        return c && pfd[1].revents ? -ECANCELED : 1;
+    }
+}
+
+int rcolo_cq_sleep(struct rcolo_qp_res *res, struct rcolo_core *c,
+                   int64_t deadline)
+{
+    struct ibv_cq *cq;
+    void *ctx;
+    int64_t cap = rcolo_deadline(1000);
+
+    /*
+     * Sleep at most 1 s at a time, so that a failure which does not write
+     * the abort fd is still noticed by the caller's loop.
+     */
+    int ret = poll_fd(res->comp->fd, c,
+                      deadline < 0 || deadline > cap ? cap : deadline);
+    if (ret == -ECANCELED) {
+        return 0; /* the wait loop reads the session's status */
+    }
+    if (ret < 0) {
+        return ret;
     }
     /* The comp channel fd is non-blocking: a spurious wake is fine. */
-    if (ibv_get_cq_event(res->comp, &cq, &ctx) == 0) {
+    if (ret > 0 && ibv_get_cq_event(res->comp, &cq, &ctx) == 0) {
         ibv_ack_cq_events(cq, 1);
     }
-    return 1;
+    return 0;
 }
 
 int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,
@@ -202,47 +316,78 @@ void rcolo_cm_tune(struct rdma_cm_id *id)
 
 /* ---------------------------------------------------------------- CM */
 
-static const char *cm_event_name(enum rdma_cm_event_type t)
+int rcolo_cm_channel_open(struct rdma_event_channel **ch,
+                          struct rcolo_error *err)
 {
-    return rdma_event_str(t);
+    *ch = rdma_create_event_channel();
+    if (!*ch) {
+        return rcolo_set_error(err, -errno, "cannot open rdma_cm: %s",
+                               strerror(errno));
+    }
+    fcntl((*ch)->fd, F_SETFL, fcntl((*ch)->fd, F_GETFL) | O_NONBLOCK);
+    return 0;
+}
+
+struct cm_waiter {
+    struct rdma_event_channel *ch;
+    struct rcolo_core *core;
+    struct rdma_cm_event *ev;
+    int error; /* rdma_get_cm_event's errno, other than EAGAIN */
+};
+
+static bool cm_got_event(void *arg)
+{
+    struct cm_waiter *w = arg;
+
+    return w->ev || w->error;
+}
+
+static int cm_poll(void *ctx)
+{
+    struct cm_waiter *w = ctx;
+
+    if (rdma_get_cm_event(w->ch, &w->ev) == 0) {
+        return 1;
+    }
+    w->ev = NULL;
+    if (errno != EAGAIN) {
+        w->error = errno;
+        return 1;
+    }
+    return 0;
+}
+
+static int cm_block(void *ctx, int64_t deadline)
+{
+    struct cm_waiter *w = ctx;
+    int ret = poll_fd(w->ch->fd, w->core, deadline);
+
+    return ret == -ECANCELED ? 0 : ret < 0 ? ret : 0;
 }
 
 int rcolo_cm_wait(struct rdma_event_channel *ch, enum rdma_cm_event_type type,
-                  int timeout_ms, int abort_fd, void *pdata, size_t *pdata_len,
-                  int *reject_status, struct rcolo_error *err)
+                  int64_t deadline, struct rcolo_core *c, void *pdata,
+                  size_t *pdata_len, struct rcolo_error *err)
 {
-    struct pollfd pfd[2] = {
-        {.fd = ch->fd, .events = POLLIN},
-        {.fd = abort_fd, .events = POLLIN},
-    };
-    int64_t deadline = rcolo_deadline(timeout_ms);
-    struct rdma_cm_event *ev;
+    static const struct rcolo_wait_ops ops = {.poll = cm_poll,
+                                              .block = cm_block};
+    struct cm_waiter w = {.ch = ch, .core = c};
+    int ret = rcolo_wait(c, &ops, &w, cm_got_event, &w, deadline, 0);
 
-    for (;;) {
-        int n = poll(pfd, abort_fd >= 0 ? 2 : 1, rcolo_deadline_ms(deadline));
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-        if (n < 0) {
-            return rcolo_set_error(err, -errno, "poll: %s", strerror(errno));
-        }
-        if (n == 0) {
-            return rcolo_set_error(err, -ETIMEDOUT, "timed out waiting for %s",
-                                   cm_event_name(type));
-        }
-        if (abort_fd >= 0 && pfd[1].revents) {
-            return rcolo_set_error(err, -ECANCELED, "session shut down");
-        }
-        if (rdma_get_cm_event(ch, &ev)) {
-            if (errno == EAGAIN) {
-                continue;
-            }
-            return rcolo_set_error(err, -errno, "rdma_get_cm_event: %s",
-                                   strerror(errno));
-        }
-        break;
+    if (ret == -ETIMEDOUT) {
+        return rcolo_set_error(err, -ETIMEDOUT, "timed out waiting for %s",
+                               rdma_event_str(type));
+    }
+    if (ret) {
+        return rcolo_set_error(err, ret, "%s",
+                               c->error[0] ? c->error : strerror(-ret));
+    }
+    if (w.error) {
+        return rcolo_set_error(err, -w.error, "rdma_get_cm_event: %s",
+                               strerror(w.error));
     }
 
+    struct rdma_cm_event *ev = w.ev;
     enum rdma_cm_event_type got = ev->event;
     int status = ev->status;
     if (pdata && pdata_len) {
@@ -264,9 +409,6 @@ int rcolo_cm_wait(struct rdma_event_channel *ch, enum rdma_cm_event_type type,
     if (got == type) {
         return 0;
     }
-    if (reject_status) {
-        *reject_status = status;
-    }
     switch (got) {
     case RDMA_CM_EVENT_REJECTED:
         return rcolo_set_error(err, -ECONNREFUSED, "connection refused");
@@ -282,6 +424,6 @@ int rcolo_cm_wait(struct rdma_event_channel *ch, enum rdma_cm_event_type type,
         return rcolo_set_error(err, -ECONNABORTED, "connection error");
     default:
         return rcolo_set_error(err, -EPROTO, "unexpected CM event %s (%d)",
-                               cm_event_name(got), status);
+                               rdma_event_str(got), status);
     }
 }

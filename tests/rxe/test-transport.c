@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core.h" /* fault injection: the internal library */
 #include "rdma-colo.h"
 
 #define MAIN_ID     1
@@ -634,7 +635,7 @@ static int test_refused(bool bad_version)
 
     pid_t child = fork_secondary(port, sizeof(port), "right", true);
     if (bad_version) {
-        rcolo_test_set_hook(RCOLO_TEST_BAD_VERSION);
+        rcolo_fault_inject(RCOLO_FAULT_BAD_VERSION);
     }
     uri_for(&uri, port, bad_version ? "right" : "wrong");
     int ret = rcolo_connect(&uri, TIMEOUT_MS, &s, &err);
@@ -661,7 +662,7 @@ static int test_oob_descriptor(void)
     /* A first fence: every channel of the secondary is up and served. */
     int ret = rcolo_fence(p->s, TIMEOUT_MS);
     CHECK(ret == 0, "first fence: %d (%s)", ret, rcolo_session_error(p->s));
-    rcolo_test_set_hook(RCOLO_TEST_DESC_OUT_OF_BOUNDS);
+    rcolo_fault_inject(RCOLO_FAULT_DESC_OUT_OF_BOUNDS);
     double t0 = now_s();
     ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
     /* The descriptor is posted; the secondary may reject it and end the

@@ -15,6 +15,7 @@
 
 #include <cmocka.h>
 
+#include "flow.h"
 #include "wire.h"
 
 /* ------------------------------------------------------------ CM data */
