@@ -140,6 +140,21 @@ static inline uint32_t rcolo_credit_batch(uint32_t slots)
     return slots >= 8 ? slots / 4 : 1;
 }
 
+/* ---------------------------------------------------------- stream */
+
+/*
+ * The control connection's stream: every message that carries data (STREAM,
+ * STREAM_END, REGION_TABLE) needs a credit, one of the peer's
+ * RCOLO_STREAM_SLOTS receive slots, and returns its credit once consumed.
+ * Credits go back piggy-backed on data or, when a batch is owed and no data
+ * goes, in a credit-only message that needs no credit.  Each of those
+ * carries at least a batch, so at most SLOTS / batch are ever in flight:
+ * RCOLO_STREAM_EXTRA receive slots more than credits cover them
+ * (unit-flow's stream model checks it).
+ */
+#define RCOLO_STREAM_SLOTS 16
+#define RCOLO_STREAM_EXTRA 8
+
 /* ------------------------------------------------------ send queue */
 
 /*

@@ -91,13 +91,9 @@ struct rcolo_channel {
 
 /* ------------------------------------------------- control connection */
 
-#define RCOLO_STREAM_SLOTS     16
 #define RCOLO_STREAM_SLOT_SIZE (64 * 1024 + RCOLO_HDR_LEN)
 #define RCOLO_STREAM_PAYLOAD   (RCOLO_STREAM_SLOT_SIZE - RCOLO_HDR_LEN)
-/* Extra receive slots for credit-only messages, which need no credit:
- * at most SLOTS / batch of them can be in flight, plus an end marker. */
-#define RCOLO_STREAM_EXTRA 8
-#define RCOLO_CTL_RECV     (RCOLO_STREAM_SLOTS + RCOLO_STREAM_EXTRA)
+#define RCOLO_CTL_RECV         (RCOLO_STREAM_SLOTS + RCOLO_STREAM_EXTRA)
 /* Send slots (a power of two).  A sender short of one waits for a send
  * completion, which is local progress: it always comes. */
 #define RCOLO_CTL_SEND 16

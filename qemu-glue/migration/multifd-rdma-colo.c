@@ -8,26 +8,43 @@
  * descriptor; a multifd sync is a fence, which returns once every page
  * written before it is placed and its descriptor released.
  *
- * Destination: each descriptor becomes the multifd packet the socket
- * transport would have read, so multifd_recv_unfill_packet() validates it
- * and the COLO code marks the bitmap (and, before COLO state, copies the
- * cache to guest RAM) exactly as for TCP; only the payload read is skipped.
+ * Destination: each channel has its own receive thread, which turns a
+ * descriptor straight into the receive state (RAMBlock, normal and zero
+ * page offsets) and hands it to the COLO code, which marks the bitmap (and,
+ * before COLO state, copies the cache to guest RAM) exactly as for TCP.
+ * No packet is built or parsed on this side: the library validated the
+ * descriptor against the registered cache.
+ *
+ * multifd calls in through three hooks chosen once per migration or per
+ * channel: rdma_colo_multifd_methods() (the RAM packet), the channel's
+ * MultiFDChannelOps (hello, SYNC) and rdma_colo_multifd_recv_thread().
  */
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "qemu/cutils.h"
 #include "qemu/lockable.h"
+#include "qemu/rcu.h"
 #include "qemu/timer.h"
 #include "exec/target_page.h"
 #include "migration.h"
 #include "migration-stats.h"
 #include "qemu-file.h"
-#include "rdma-colo-int.h"
+#include "ram.h"
+#include "multifd-rdma-colo.h"
+#include "multifd-colo.h"
 #include "trace.h"
 
 /* The page lists are handed to the library as they are. */
 QEMU_BUILD_BUG_ON(sizeof(ram_addr_t) != sizeof(uint64_t));
+
+bool rdma_colo_outgoing(void)
+{
+    MigrationState *s = migrate_get_current();
+
+    return s->to_dst_file &&
+           qio_channel_is_rdma_colo(qemu_file_get_ioc(s->to_dst_file));
+}
 
 bool rdma_colo_send_channel_create(gpointer opaque, Error **errp)
 {
@@ -107,13 +124,30 @@ static bool rdma_colo_region_for(QIOChannelRdmaColo *rioc, RAMBlock *block,
     return true;
 }
 
-int rdma_colo_send_pages(MultiFDSendParams *p, Error **errp)
+/*
+ * The pages go straight from guest RAM and the descriptor carries their
+ * list, so nothing uses p->iov; multifd expects it allocated all the same.
+ */
+static int rdma_colo_send_setup(MultiFDSendParams *p, Error **errp)
+{
+    p->iov = g_new0(struct iovec, multifd_ram_page_count() + 1);
+    return 0;
+}
+
+static void rdma_colo_send_cleanup(MultiFDSendParams *p, Error **errp)
+{
+    g_clear_pointer(&p->iov, g_free);
+}
+
+/* MultiFDMethods.send_prepare: the whole RAM packet, sent. */
+static int rdma_colo_send_prepare(MultiFDSendParams *p, Error **errp)
 {
     QIOChannelRdmaColo *rioc = QIO_CHANNEL_RDMA_COLO(p->c);
     MultiFDPages_t *pages = &p->data->u.ram;
     const uint64_t *offsets = (const uint64_t *)pages->offset;
     int ret;
 
+    multifd_send_zero_page_detect(p);
     if (!rdma_colo_region_for(rioc, pages->block, errp)) {
         return -1;
     }
@@ -134,7 +168,23 @@ int rdma_colo_send_pages(MultiFDSendParams *p, Error **errp)
     return 0;
 }
 
-int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
+static const MultiFDMethods multifd_rdma_colo_methods = {
+    .send_setup = rdma_colo_send_setup,
+    .send_cleanup = rdma_colo_send_cleanup,
+    .send_prepare = rdma_colo_send_prepare,
+};
+
+const MultiFDMethods *rdma_colo_multifd_methods(void)
+{
+    return rdma_colo_outgoing() ? &multifd_rdma_colo_methods : NULL;
+}
+
+static int rdma_colo_send_hello(MultiFDSendParams *p, Error **errp)
+{
+    return 0; /* the session numbered the channel when it connected it */
+}
+
+static int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
 {
     QIOChannelRdmaColo *rioc = QIO_CHANNEL_RDMA_COLO(p->c);
     int64_t start = get_clock();
@@ -170,104 +220,195 @@ int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
     return 0;
 }
 
-static void rdma_colo_fill_packet(MultiFDRecvParams *p, RAMBlock *block,
-                                  const struct rcolo_desc *desc)
-{
-    MultiFDPacket_t *packet = p->packet;
+static const MultiFDChannelOps rdma_colo_multifd_channel_ops = {
+    .send_hello = rdma_colo_send_hello,
+    .send_sync = rdma_colo_send_sync,
+};
 
-    packet->pages_alloc = cpu_to_be32(multifd_ram_page_count());
-    packet->normal_pages = cpu_to_be32(desc->n);
-    packet->zero_pages = cpu_to_be32(desc->nzero);
-    packet->next_packet_size = 0;
-    pstrcpy(packet->ramblock, sizeof(packet->ramblock), block->idstr);
-    for (unsigned i = 0; i < desc->n; i++) {
-        packet->offset[i] = cpu_to_be64(desc->offsets[i]);
-    }
-    for (unsigned i = 0; i < desc->nzero; i++) {
-        packet->offset[desc->n + i] = cpu_to_be64(desc->zero[i]);
-    }
+const MultiFDChannelOps *rdma_colo_channel_ops(QIOChannel *ioc)
+{
+    return qio_channel_is_rdma_colo(ioc) ? &rdma_colo_multifd_channel_ops
+                                         : NULL;
 }
 
 /*
- * Returns 1 with the next packet in @hdr and p->packet, 0 at the end of the
- * session (local shutdown, or the source went away: as EOF on a socket), or
- * -1 with @errp set.
+ * Make @desc the channel's receive state: what multifd_ram_unfill_packet()
+ * would have decoded from a packet.
  */
-int rdma_colo_recv_packet(MultiFDRecvParams *p, MultiFDPacketHdr_t *hdr,
-                          Error **errp)
+static bool rdma_colo_recv_state(MultiFDRecvParams *p,
+                                 const struct rcolo_desc *desc, Error **errp)
 {
+    RdmaColoSession *sess = QIO_CHANNEL_RDMA_COLO(p->c)->sess;
+
+    /* The library checked the offsets against the registered cache. */
+    if (desc->region_id >= qatomic_load_acquire(&sess->nblocks) ||
+        desc->page_size != multifd_ram_page_size() ||
+        desc->n + desc->nzero > multifd_ram_page_count()) {
+        error_setg(errp, "rdma-colo: multifd channel %u: descriptor for "
+                   "region %u with %u+%u pages of %u bytes does not fit a "
+                   "multifd packet", p->id, desc->region_id, desc->n,
+                   desc->nzero, desc->page_size);
+        return false;
+    }
+    p->block = sess->blocks[desc->region_id];
+    p->host = p->block->colo_cache; /* x-colo is required */
+    p->normal_num = desc->n;
+    p->zero_num = desc->nzero;
+    memcpy(p->normal, desc->offsets, desc->n * sizeof(p->normal[0]));
+    memcpy(p->zero, desc->zero, desc->nzero * sizeof(p->zero[0]));
+    p->packet_num = desc->seq;
+    p->packets_recved++;
+    return true;
+}
+
+/*
+ * The pages are in the cache already: mark them, as multifd-nocomp.c does
+ * after reading them.
+ */
+static void rdma_colo_recv_pages(MultiFDRecvParams *p)
+{
+    multifd_colo_prepare_recv(p);
+    multifd_recv_zero_page_process(p);
+    for (int i = 0; i < p->normal_num; i++) {
+        ramblock_recv_bitmap_set_offset(p->block, p->normal[i]);
+    }
+    multifd_colo_process_recv(p);
+}
+
+/*
+ * The receive thread of an rdma-colo data channel, instead of
+ * multifd_recv_thread(): descriptors instead of packets, the same sync
+ * protocol with the main thread.
+ */
+void *rdma_colo_multifd_recv_thread(void *opaque)
+{
+    MultiFDRecvParams *p = opaque;
     QIOChannelRdmaColo *rioc = QIO_CHANNEL_RDMA_COLO(p->c);
     RdmaColoSession *sess = rioc->sess;
-    struct rcolo_desc *desc = &rioc->desc;
-    uint32_t flags = MULTIFD_FLAG_NOCOMP;
     struct rcolo_error err = { 0 };
+    struct rcolo_desc desc;
+    Error *local_err = NULL;
     int ret, status;
 
-    if (!rioc->ch) {
-        ret = rcolo_channel_accept(sess->rs, rioc->index, -1, &rioc->ch, &err);
+    rcu_register_thread();
+    ret = rcolo_channel_accept(sess->rs, rioc->index, -1, &rioc->ch, &err);
+    while (ret == 0 && !multifd_recv_should_exit()) {
+        ret = rcolo_channel_recv(rioc->ch, &desc, -1);
         if (ret < 0) {
-            goto fail;
+            break;
         }
-    }
-    /* The previous packet's pages are marked (and copied): let it go. */
-    if (rioc->holding_desc) {
-        rioc->holding_desc = false;
-        ret = rcolo_channel_release(rioc->ch, desc);
-        if (ret < 0) {
-            goto fail;
+        if (desc.kind == RCOLO_DESC_FENCE) {
+            /*
+             * Ack now: the source's sync waits for it, while this thread
+             * waits for the main thread's multifd_recv_sync_main().
+             */
+            trace_rdma_colo_recv_sync(rioc->index, rioc->recv_pages,
+                                      rioc->recv_zero_pages);
+            ret = rcolo_channel_release(rioc->ch, &desc);
+            if (ret == 0) {
+                multifd_recv_sync_reached(p);
+            }
+            continue;
         }
-    }
-    ret = rcolo_channel_recv(rioc->ch, desc, -1);
-    if (ret < 0) {
-        goto fail;
+        if (!rdma_colo_recv_state(p, &desc, &local_err)) {
+            break;
+        }
+        rdma_colo_recv_pages(p);
+        rioc->recv_pages += desc.n;
+        rioc->recv_zero_pages += desc.nzero;
+        /* Marked (and copied): the source may reuse the slot. */
+        ret = rcolo_channel_release(rioc->ch, &desc);
     }
 
-    p->packet->packet_num = cpu_to_be64(desc->seq);
-    if (desc->kind == RCOLO_DESC_FENCE) {
-        /*
-         * Ack now: the source's sync waits for it, while this thread is
-         * about to wait for the main thread's multifd_recv_sync_main().
-         */
-        flags = MULTIFD_FLAG_SYNC;
-        p->packet->normal_pages = 0;
-        p->packet->zero_pages = 0;
-        trace_rdma_colo_recv_sync(rioc->index, rioc->recv_pages,
-                                  rioc->recv_zero_pages);
-        ret = rcolo_channel_release(rioc->ch, desc);
-        if (ret < 0) {
-            goto fail;
-        }
-    } else {
-        /* The library checked bounds against the registered cache. */
-        if (desc->region_id >= qatomic_load_acquire(&sess->nblocks) ||
-            desc->page_size != multifd_ram_page_size() ||
-            desc->n + desc->nzero > multifd_ram_page_count()) {
-            error_setg(errp, "rdma-colo: multifd channel %d: descriptor for "
-                       "region %u with %u+%u pages of %u bytes does not fit "
-                       "a multifd packet", rioc->index, desc->region_id,
-                       desc->n, desc->nzero, desc->page_size);
-            return -1;
-        }
-        rdma_colo_fill_packet(p, sess->blocks[desc->region_id], desc);
-        rioc->holding_desc = true;
-        rioc->recv_pages += desc->n;
-        rioc->recv_zero_pages += desc->nzero;
-    }
-    hdr->magic = cpu_to_be32(MULTIFD_MAGIC);
-    hdr->version = cpu_to_be32(MULTIFD_VERSION);
-    hdr->flags = cpu_to_be32(flags);
-    return 1;
-
-fail:
+    /* Our shutdown, or the source went away: as EOF on a socket. */
     status = rcolo_session_status(sess->rs);
-    if (status == -ESHUTDOWN || status == -ECONNRESET) {
-        return 0;
+    if (!local_err && ret < 0 && status != -ESHUTDOWN &&
+        status != -ECONNRESET) {
+        if (err.message[0]) {
+            error_setg(&local_err, "rdma-colo: multifd channel %d: %s",
+                       rioc->index, err.message);
+        } else {
+            rdma_colo_set_error(&local_err, sess->rs, ret, "multifd channel");
+        }
     }
-    if (err.message[0]) {
-        error_setg(errp, "rdma-colo: multifd channel %d: %s", rioc->index,
-                   err.message);
-    } else {
-        rdma_colo_set_error(errp, sess->rs, ret, "multifd channel");
+    if (local_err) {
+        multifd_recv_terminate_threads(local_err);
+        error_free(local_err);
     }
-    return -1;
+    rcu_unregister_thread();
+    return NULL;
+}
+
+/* ---------------------------------------------------------- COLO cache */
+
+static RdmaColoSession *rdma_colo_incoming_session(void)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+    QIOChannel *ioc =
+        mis->from_src_file ? qemu_file_get_ioc(mis->from_src_file) : NULL;
+
+    return qio_channel_is_rdma_colo(ioc) ? QIO_CHANNEL_RDMA_COLO(ioc)->sess
+                                         : NULL;
+}
+
+/*
+ * Called once colo_init_ram_cache() allocated the cache: register every
+ * block's cache as region i (remote write only, never remote read) and
+ * send the table, all at once, to the source, which waits for it before
+ * its first write.
+ */
+bool rdma_colo_cache_register(Error **errp)
+{
+    RdmaColoSession *sess = rdma_colo_incoming_session();
+    struct rcolo_error err;
+    RAMBlock *block;
+    unsigned n = 0;
+
+    if (!sess) {
+        return true;
+    }
+    RCU_READ_LOCK_GUARD();
+    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+        n++;
+    }
+    sess->blocks = g_new0(RAMBlock *, n);
+    n = 0;
+    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+        char name[RCOLO_MAX_NAME + 1];
+        uint32_t id = n;
+
+        rdma_colo_region_name(block->idstr, name, sizeof(name));
+        if (rcolo_region_add(sess->rs, id, name, block->colo_cache,
+                             block->used_length, qemu_target_page_size(),
+                             &err) < 0) {
+            error_setg(errp, "rdma-colo: COLO cache of %s: %s", block->idstr,
+                       err.message);
+            return false;
+        }
+        trace_rdma_colo_region(block->idstr, name, id, block->used_length);
+        sess->blocks[n++] = block;
+    }
+    /* Pairs with the multifd threads' load: blocks[] is filled first. */
+    qatomic_store_release(&sess->nblocks, n);
+    if (rcolo_regions_publish(sess->rs, &err) < 0) {
+        error_setg(errp, "rdma-colo: %s", err.message);
+        return false;
+    }
+    return true;
+}
+
+/* Called before colo_release_ram_cache() frees the cache. */
+void rdma_colo_cache_unregister(void)
+{
+    RdmaColoSession *sess = rdma_colo_incoming_session();
+
+    if (!sess) {
+        return;
+    }
+    /* A late RDMA WRITE into a deregistered region fails the source. */
+    rcolo_session_shutdown(sess->rs);
+    for (unsigned i = 0; i < sess->nblocks; i++) {
+        rcolo_region_remove(sess->rs, i);
+    }
+    qatomic_set(&sess->nblocks, 0);
 }

@@ -10,9 +10,8 @@
 #include "io/channel-util.h"
 #include "io/channel-watch.h"
 #include "qemu/cutils.h"
-#include "migration.h"
-#include "qemu-file.h"
-#include "rdma-colo-int.h"
+#include "system/memory.h"
+#include "rdma-colo-channel.h"
 #include "trace.h"
 
 /* ------------------------------------------------------------ session */
@@ -37,6 +36,10 @@ static void rdma_colo_session_clear(gpointer data)
     rcolo_session_destroy(sess->rs);
     qemu_mutex_destroy(&sess->lock);
     g_free(sess->blocks);
+    if (sess->discard_disabled) {
+        /* Nothing is pinned any more: ballooning may free pages again. */
+        ram_block_discard_disable(false);
+    }
 }
 
 void rdma_colo_session_unref(RdmaColoSession *sess)
@@ -92,14 +95,6 @@ int rdma_colo_channel_index(QIOChannel *ioc)
 {
     return qio_channel_is_rdma_colo(ioc) ? QIO_CHANNEL_RDMA_COLO(ioc)->index
                                          : -1;
-}
-
-bool rdma_colo_outgoing(void)
-{
-    MigrationState *s = migrate_get_current();
-
-    return s->to_dst_file &&
-           qio_channel_is_rdma_colo(qemu_file_get_ioc(s->to_dst_file));
 }
 
 static bool rdma_colo_check_stream(QIOChannelRdmaColo *rioc, Error **errp)

@@ -1,22 +1,21 @@
 /*
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * rdma-colo: COLO migration over RDMA (librdmacolo) - addresses, set-up
- * of both sides and the COLO cache registration
+ * rdma-colo: COLO migration over RDMA (librdmacolo) - the address, and
+ * the set-up of both sides
  */
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
 #include "io/task.h"
 #include "qemu/cutils.h"
-#include "qemu/rcu.h"
 #include "system/memory.h"
-#include "system/ramblock.h"
 #include "channel.h"
 #include "migration.h"
 #include "options.h"
 #include "qemu-file.h"
-#include "rdma-colo-int.h"
+#include "rdma-colo.h"
+#include "rdma-colo-channel.h"
 #include "trace.h"
 
 /* -------------------------------------------------------- addresses */
@@ -33,6 +32,12 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
     if (strstr(uri, "channels=")) {
         error_setg(errp, "rdma-colo: the number of data channels is the "
                    "multifd-channels parameter, not a URI option");
+        return false;
+    }
+    if (u.timeout_ms != RCOLO_DEFAULT_TIMEOUT_MS) {
+        error_setg(errp, "rdma-colo: timeout= cannot be set from QEMU; a "
+                   "peer that withholds credits or acknowledgements for "
+                   "%d ms ends the session", RCOLO_DEFAULT_TIMEOUT_MS);
         return false;
     }
     addr->host = g_strdup(u.host);
@@ -243,13 +248,26 @@ static void rdma_colo_connect_worker(QIOTask *task, gpointer opaque)
     struct rcolo_error err;
     Error *local_err = NULL;
 
+    /*
+     * Guest RAM is pinned (registered) for RDMA WRITEs on first use: a page
+     * a balloon or free page reporting discarded would be replaced behind
+     * the registration, and the source would write stale data.
+     */
+    if (ram_block_discard_disable(true)) {
+        error_setg(&local_err, "rdma-colo: cannot disable RAM discard (a "
+                   "device relies on it); the source's RAM must stay pinned");
+        qio_task_set_error(task, local_err);
+        return;
+    }
     if (rcolo_connect(&c->uri, RDMA_COLO_CONNECT_TIMEOUT_MS, &rs, &err) < 0) {
+        ram_block_discard_disable(false);
         rcolo_session_destroy(rs);
         error_setg(&local_err, "%s", err.message);
         qio_task_set_error(task, local_err);
         return;
     }
     rioc->sess = rdma_colo_session_new(rs, RCOLO_PRIMARY);
+    rioc->sess->discard_disabled = true;
     trace_rdma_colo_connected(c->uri.host, c->uri.port,
                               rcolo_session_channels(rs));
 }
@@ -298,78 +316,4 @@ void rdma_colo_start_outgoing_migration(MigrationState *s,
     task = qio_task_new(OBJECT(rioc), rdma_colo_outgoing_connected, c,
                         rdma_colo_connect_free);
     qio_task_run_in_thread(task, rdma_colo_connect_worker, c, NULL, NULL);
-}
-
-/* ---------------------------------------------------------- COLO cache */
-
-static RdmaColoSession *rdma_colo_incoming_session(void)
-{
-    MigrationIncomingState *mis = migration_incoming_get_current();
-    QIOChannel *ioc =
-        mis->from_src_file ? qemu_file_get_ioc(mis->from_src_file) : NULL;
-
-    return qio_channel_is_rdma_colo(ioc) ? QIO_CHANNEL_RDMA_COLO(ioc)->sess
-                                         : NULL;
-}
-
-/*
- * Called once colo_init_ram_cache() allocated the cache: register every
- * block's cache as region i (remote write only, never remote read) and
- * send the table, all at once, to the source, which waits for it before
- * its first write.
- */
-bool rdma_colo_cache_register(Error **errp)
-{
-    RdmaColoSession *sess = rdma_colo_incoming_session();
-    struct rcolo_error err;
-    RAMBlock *block;
-    unsigned n = 0;
-
-    if (!sess) {
-        return true;
-    }
-    RCU_READ_LOCK_GUARD();
-    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
-        n++;
-    }
-    sess->blocks = g_new0(RAMBlock *, n);
-    n = 0;
-    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
-        char name[RCOLO_MAX_NAME + 1];
-        uint32_t id = n;
-
-        rdma_colo_region_name(block->idstr, name, sizeof(name));
-        if (rcolo_region_add(sess->rs, id, name, block->colo_cache,
-                             block->used_length, qemu_target_page_size(),
-                             &err) < 0) {
-            error_setg(errp, "rdma-colo: COLO cache of %s: %s", block->idstr,
-                       err.message);
-            return false;
-        }
-        trace_rdma_colo_region(block->idstr, name, id, block->used_length);
-        sess->blocks[n++] = block;
-    }
-    /* Pairs with the multifd threads' load: blocks[] is filled first. */
-    qatomic_store_release(&sess->nblocks, n);
-    if (rcolo_regions_publish(sess->rs, &err) < 0) {
-        error_setg(errp, "rdma-colo: %s", err.message);
-        return false;
-    }
-    return true;
-}
-
-/* Called before colo_release_ram_cache() frees the cache. */
-void rdma_colo_cache_unregister(void)
-{
-    RdmaColoSession *sess = rdma_colo_incoming_session();
-
-    if (!sess) {
-        return;
-    }
-    /* A late RDMA WRITE into a deregistered region fails the source. */
-    rcolo_session_shutdown(sess->rs);
-    for (unsigned i = 0; i < sess->nblocks; i++) {
-        rcolo_region_remove(sess->rs, i);
-    }
-    qatomic_set(&sess->nblocks, 0);
 }

@@ -3,10 +3,11 @@
  * Flow control without a device: the FIFO rings, credits and their batched
  * return, send-queue accounting with selective signaling, the primary's
  * fence sequencing, the secondary's descriptor sequencing and fence acks,
- * and a sender/receiver model of a whole channel driven by random
- * interleavings.  Hostile inputs (over-credit, unsolicited or replayed
- * FENCE_ACK, sequence gaps and replays, completions never asked for) must
- * be refused as return values, never trip an assert.
+ * a sender/receiver model of a whole channel and one of the control
+ * connection's stream (both directions), driven by random interleavings.
+ * Hostile inputs (over-credit, unsolicited or replayed FENCE_ACK, sequence gaps
+ * and replays, completions never asked for) must be refused as return values,
+ * never trip an assert.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -374,6 +375,99 @@ static void test_channel_model(void **state)
            (unsigned long long)seq, (unsigned long long)acks);
 }
 
+/* ------------------------------------------------------- stream, modelled */
+
+/*
+ * Both directions of the control connection's stream, stepped in a random
+ * order: each side sends data while it has credits (piggy-backing the
+ * credits it owes), consumes what it received at its own pace, and sends a
+ * credit-only message when a batch is owed.  The receive slots a side has
+ * posted (SLOTS + EXTRA) must never run out: a message arriving with no
+ * slot posted would be an RNR stall on a real QP.
+ */
+struct stream_side {
+    struct rcolo_credits credits; /* the peer's free data slots */
+    struct rcolo_credit_return owed;
+    int posted;      /* receive slots posted */
+    int held;        /* data messages received, not consumed */
+    struct queue in; /* messages on their way to this side */
+    int min_posted;  /* the fewest slots ever posted at an arrival */
+    unsigned credit_only;
+};
+
+static void test_stream_model(void **state)
+{
+    struct stream_side side[2];
+    unsigned long data = 0;
+
+    srand(777);
+    for (int i = 0; i < 2; i++) {
+        rcolo_credits_init(&side[i].credits, RCOLO_STREAM_SLOTS);
+        side[i].owed = (struct rcolo_credit_return){
+            .batch = rcolo_credit_batch(RCOLO_STREAM_SLOTS)};
+        side[i].posted = RCOLO_STREAM_SLOTS + RCOLO_STREAM_EXTRA;
+        side[i].held = 0;
+        side[i].min_posted = side[i].posted;
+        side[i].credit_only = 0;
+        rcolo_fifo_init(&side[i].in.f, QLEN);
+    }
+    for (int step = 0; step < 400000; step++) {
+        struct stream_side *me = &side[rand() % 2];
+        struct stream_side *peer = me == &side[0] ? &side[1] : &side[0];
+
+        switch (rand() % 3) {
+        case 0: /* send data, if a credit allows */
+            if (rcolo_credits_take(&me->credits)) {
+                q_push(&peer->in,
+                       (struct msg){.credits =
+                                        rcolo_credit_return_all(&me->owed)});
+                data++;
+            }
+            break;
+        case 1: /* a message arrives: it needs a posted slot */
+            if (me->in.f.count == 0) {
+                break;
+            }
+            struct msg m = me->in.m[rcolo_fifo_pop(&me->in.f)];
+            assert_true(me->posted > 0);
+            me->posted--;
+            if (me->posted < me->min_posted) {
+                me->min_posted = me->posted;
+            }
+            assert_true(rcolo_credits_give(&me->credits, m.credits));
+            if (m.ack) { /* credit-only: reposted at once */
+                me->posted++;
+            } else {
+                me->held++;
+            }
+            break;
+        case 2: /* the reader consumes one */
+            if (me->held == 0) {
+                break;
+            }
+            me->held--;
+            me->posted++;
+            uint32_t give = rcolo_credit_return_add(&me->owed, 1);
+            if (give) {
+                q_push(&peer->in, (struct msg){.ack = true, .credits = give});
+                me->credit_only++;
+            }
+            break;
+        }
+    }
+    assert_true(data > 10000);
+    for (int i = 0; i < 2; i++) {
+        assert_true(side[i].credit_only > 100);
+        /* The extra slots were needed (credit-only messages did pile up
+         * beyond the data credits) and sufficed. */
+        assert_true(side[i].min_posted < RCOLO_STREAM_EXTRA);
+    }
+    printf("test-stream: stream model: %lu data messages, %u+%u credit-only; "
+           "fewest receive slots left posted: %d and %d of %d\n",
+           data, side[0].credit_only, side[1].credit_only, side[0].min_posted,
+           side[1].min_posted, RCOLO_STREAM_SLOTS + RCOLO_STREAM_EXTRA);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -390,6 +484,7 @@ int main(void)
         cmocka_unit_test(test_rx_fence_ack_waits_for_held),
         cmocka_unit_test(test_rx_credits_in_batches),
         cmocka_unit_test(test_channel_model),
+        cmocka_unit_test(test_stream_model),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,16 +1,18 @@
 /*
  * SPDX-License-Identifier: GPL-2.0-or-later
  *
- * rdma-colo: state shared by rdma-colo*.c and multifd-rdma-colo.c
+ * rdma-colo: the session and the QIOChannel over it, which carries the
+ * migration stream (and COLO's return path) and stands for the data
+ * channels of multifd
  */
 
-#ifndef QEMU_MIGRATION_RDMA_COLO_INT_H
-#define QEMU_MIGRATION_RDMA_COLO_INT_H
+#ifndef QEMU_MIGRATION_RDMA_COLO_CHANNEL_H
+#define QEMU_MIGRATION_RDMA_COLO_CHANNEL_H
 
 #include <rdma-colo.h> /* librdmacolo */
+#include "io/channel.h"
 #include "qemu/thread.h"
 #include "system/ramblock.h"
-#include "rdma-colo.h"
 
 /* How long the source waits for the destination's COLO cache. */
 #define RDMA_COLO_REGION_TIMEOUT_MS 60000
@@ -34,7 +36,12 @@ typedef struct RdmaColoSession {
     /* destination: RAMBlock of region id i (the COLO cache) */
     RAMBlock **blocks;
     unsigned nblocks;
+    /* source: RAM discard disabled while the session may pin guest RAM */
+    bool discard_disabled;
 } RdmaColoSession;
+
+#define TYPE_QIO_CHANNEL_RDMA_COLO "qio-channel-rdma-colo"
+OBJECT_DECLARE_SIMPLE_TYPE(QIOChannelRdmaColo, QIO_CHANNEL_RDMA_COLO)
 
 struct QIOChannelRdmaColo {
     QIOChannel parent;
@@ -46,15 +53,11 @@ struct QIOChannelRdmaColo {
     /* source: the RAMBlock last written, and its region id */
     RAMBlock *last_block;
     uint32_t last_region;
-    /* destination: the descriptor being processed, released on next recv */
-    struct rcolo_desc desc;
-    bool holding_desc;
     /* destination: pages handed to multifd for marking, for the trace */
     uint64_t recv_pages;
     uint64_t recv_zero_pages;
 };
 
-/* rdma-colo-channel.c */
 RdmaColoSession *rdma_colo_session_new(struct rcolo_session *rs,
                                        enum rcolo_role role);
 void rdma_colo_session_unref(RdmaColoSession *sess);
@@ -62,5 +65,7 @@ QIOChannelRdmaColo *rdma_colo_channel_new(RdmaColoSession *sess, int index);
 void rdma_colo_set_error(Error **errp, struct rcolo_session *rs, int ret,
                          const char *what);
 void rdma_colo_region_name(const char *idstr, char *name, size_t size);
+bool qio_channel_is_rdma_colo(QIOChannel *ioc);
+int rdma_colo_channel_index(QIOChannel *ioc);
 
-#endif /* QEMU_MIGRATION_RDMA_COLO_INT_H */
+#endif /* QEMU_MIGRATION_RDMA_COLO_CHANNEL_H */
