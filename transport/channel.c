@@ -140,11 +140,45 @@ int rcolo_channel_fd(struct rcolo_channel *ch)
     return ch->res.comp->fd;
 }
 
+/*
+ * Channel counters have one writer, the channel's thread, and are read by
+ * any thread (rcolo_*_get_stats): relaxed atomic loads and stores, no
+ * locked instruction on the data path, no torn or racy read.
+ */
+static inline void stat_add(uint64_t *counter, uint64_t n)
+{
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + n,
+                     __ATOMIC_RELAXED);
+}
+
+static void stats_read(const struct rcolo_channel_stats *in,
+                       struct rcolo_channel_stats *out)
+{
+    const uint64_t *src = (const uint64_t *)in;
+    uint64_t *dst = (uint64_t *)out;
+
+    for (size_t i = 0; i < sizeof(*in) / sizeof(uint64_t); i++) {
+        dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+    }
+}
+
 static int chan_fail(struct rcolo_channel *ch, int code, const char *what,
                      const char *detail)
 {
     return rcolo_fail(ch->core, code, "data channel %u: %s%s", ch->index, what,
                       detail ? detail : "");
+}
+
+/* The peer withheld what it owes for the session's timeout: fail. */
+static int stalled(struct rcolo_channel *ch, const char *what)
+{
+    char detail[128];
+
+    snprintf(detail, sizeof(detail), " %s for %d ms (stalled or overloaded?)",
+             what, ch->core->owed_ms);
+    return rcolo_fail(
+        ch->core, -ETIMEDOUT, "data channel %u: the %s%s", ch->index,
+        ch->role == RCOLO_PRIMARY ? "secondary" : "primary", detail);
 }
 
 /* ------------------------------------------------------- completions */
@@ -301,9 +335,12 @@ static bool sq_ready(void *arg)
 static int reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot)
 {
     struct sq_need need = {.ch = ch, .wrs = wrs};
-    int ret = rcolo_wait(ch->core, &chan_wait_ops, ch, sq_ready, &need, -1,
-                         RCOLO_SPIN_NS);
+    int ret = rcolo_wait(ch->core, &chan_wait_ops, ch, sq_ready, &need,
+                         rcolo_owed_deadline(ch->core), RCOLO_SPIN_NS);
 
+    if (ret == -ETIMEDOUT) {
+        return stalled(ch, "acknowledged no message");
+    }
     if (ret) {
         return ret;
     }
@@ -337,8 +374,12 @@ static bool have_credit(void *arg)
 static int take_credit(struct rcolo_channel *ch)
 {
     if (!have_credit(ch)) {
-        ch->stats.credit_waits++;
-        int ret = chan_wait(ch, have_credit, -1, RCOLO_SPIN_NS);
+        stat_add(&ch->stats.credit_waits, 1);
+        int ret = chan_wait(ch, have_credit, rcolo_owed_deadline(ch->core),
+                            RCOLO_SPIN_NS);
+        if (ret == -ETIMEDOUT) {
+            return stalled(ch, "returned no credit");
+        }
         if (ret) {
             return ret;
         }
@@ -416,7 +457,7 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
                         .rkey = r->rkey},
         };
         rcolo_sq_posted(&ch->sq, signaled);
-        ch->stats.bytes += tx->runs[i].length;
+        stat_add(&ch->stats.bytes, tx->runs[i].length);
     }
 
     /* The descriptor follows the writes on the same QP: RC ordering
@@ -433,10 +474,10 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     if (ret) {
         return ret;
     }
-    ch->stats.pages += n;
-    ch->stats.zero_pages += nzero;
-    ch->stats.write_wrs += nruns;
-    ch->stats.descriptors++;
+    stat_add(&ch->stats.pages, n);
+    stat_add(&ch->stats.zero_pages, nzero);
+    stat_add(&ch->stats.write_wrs, nruns);
+    stat_add(&ch->stats.descriptors, 1);
     /* Reap what is done without waiting: keeps the CQ short. */
     ret = chan_progress(ch);
     return ret < 0 ? ret : 0;
@@ -470,7 +511,7 @@ int rcolo_channel_fence_post(struct rcolo_channel *ch)
         return ret;
     }
     rcolo_fence_tx_post(&tx->fence, tx->seq);
-    ch->stats.fences++;
+    stat_add(&ch->stats.fences, 1);
     return 0;
 }
 
@@ -483,11 +524,20 @@ static bool fence_acked(void *arg)
 
 int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
 {
+    int64_t mine = rcolo_deadline(timeout_ms);
+    int64_t owed = rcolo_owed_deadline(ch->core);
+    bool owed_first = mine < 0 || owed < mine;
+    int ret;
+
     if (ch->role != RCOLO_PRIMARY) {
         return -EINVAL;
     }
-    return chan_wait(ch, fence_acked, rcolo_deadline(timeout_ms),
-                     RCOLO_FENCE_SPIN_NS);
+    ret = chan_wait(ch, fence_acked, owed_first ? owed : mine,
+                    RCOLO_FENCE_SPIN_NS);
+    if (ret == -ETIMEDOUT && owed_first) {
+        return stalled(ch, "acknowledged no fence");
+    }
+    return ret;
 }
 
 /* ------------------------------------------------------ secondary */
@@ -567,10 +617,10 @@ static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
     desc->nzero = v.nzero;
     desc->offsets = offs;
     desc->zero = offs + v.n;
-    ch->stats.descriptors++;
-    ch->stats.pages += v.n;
-    ch->stats.zero_pages += v.nzero;
-    ch->stats.bytes += (uint64_t)v.n * r->page_size;
+    stat_add(&ch->stats.descriptors, 1);
+    stat_add(&ch->stats.pages, v.n);
+    stat_add(&ch->stats.zero_pages, v.nzero);
+    stat_add(&ch->stats.bytes, (uint64_t)v.n * r->page_size);
     return 0;
 }
 
@@ -643,7 +693,7 @@ int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
     struct rcolo_rx_reply reply =
         rcolo_rx_release(&ch->rx.flow, fence, desc->seq);
     if (fence) {
-        ch->stats.fences++;
+        stat_add(&ch->stats.fences, 1);
     }
     if (reply.credits || reply.ack) {
         return secondary_send_ctl(ch, reply);
@@ -689,6 +739,6 @@ int rcolo_channel_get_stats(struct rcolo_channel *ch,
     if (!ch || !out) {
         return -EINVAL;
     }
-    *out = ch->stats;
+    stats_read(&ch->stats, out);
     return 0;
 }

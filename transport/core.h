@@ -53,6 +53,7 @@ struct rcolo_core {
     char error[256];     /* the first failure's text */
     int abort_fd;        /* eventfd: readable once the session failed */
     bool busy_poll;      /* atomic: waiters spin instead of sleeping */
+    int owed_ms;         /* how long the peer may withhold what it owes */
     /*
      * Called once, with @lock held, right after the first failure was
      * recorded: the session disconnects and wakes its pollers here.
@@ -101,6 +102,17 @@ struct rcolo_wait_ops {
 int rcolo_wait(struct rcolo_core *c, const struct rcolo_wait_ops *ops,
                void *ctx, bool (*done)(void *arg), void *arg, int64_t deadline,
                int64_t spin_ns);
+
+/*
+ * Deadline of a wait for something the peer owes (credits, acknowledgements,
+ * stream space): a peer that is alive but stalled (stopped, hung, swapped
+ * out) must end the session with an error, not block the caller forever.
+ * Waits for the peer's next message are idle and take no such deadline.
+ */
+static inline int64_t rcolo_owed_deadline(const struct rcolo_core *c)
+{
+    return rcolo_deadline(c->owed_ms);
+}
 
 /* rcolo_wait on state guarded by @c->lock, which the caller holds: sleeps
  * on @c->cond. */

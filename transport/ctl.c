@@ -116,6 +116,16 @@ static int acquire(struct rcolo_session *s, bool credit, int64_t deadline,
     } else {
         ret = rcolo_wait_locked(&s->core, can_send, &w, deadline);
     }
+    if (ret == -ETIMEDOUT) {
+        /* Only the peer frees stream slots and credits: it is stalled. */
+        return rcolo_fail_locked(&s->core, -ETIMEDOUT,
+                                 "control connection: the peer %s for %d ms "
+                                 "(stalled or overloaded?)",
+                                 credit && s->ctl.credits.avail == 0
+                                     ? "read no stream data"
+                                     : "acknowledged no message",
+                                 s->core.owed_ms);
+    }
     if (ret) {
         return ret;
     }
@@ -128,7 +138,7 @@ static int acquire(struct rcolo_session *s, bool credit, int64_t deadline,
 int rcolo_ctl_acquire_locked(struct rcolo_session *s, bool credit,
                              bool nonblock)
 {
-    return acquire(s, credit, -1, nonblock);
+    return acquire(s, credit, rcolo_owed_deadline(&s->core), nonblock);
 }
 
 static int post_locked(struct rcolo_session *s, int slot, uint32_t len)
@@ -169,7 +179,7 @@ static int return_credits_locked(struct rcolo_session *s, uint32_t n)
     if (!give) {
         return 0;
     }
-    slot = acquire(s, false, -1, false);
+    slot = acquire(s, false, rcolo_owed_deadline(&s->core), false);
     if (slot < 0) {
         return slot;
     }
@@ -209,7 +219,7 @@ int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
         pthread_mutex_unlock(&s->core.lock);
         return rcolo_set_error(err, -ENOTCONN, "no primary connected yet");
     }
-    ret = rcolo_ctl_send_table_locked(s, -1);
+    ret = rcolo_ctl_send_table_locked(s, rcolo_owed_deadline(&s->core));
     if (ret) {
         rcolo_set_error(err, ret, "cannot publish regions: %s",
                         s->core.status ? s->core.error : strerror(-ret));

@@ -50,12 +50,15 @@ extern "C" {
 #define RCOLO_PROTOCOL_VERSION 1
 
 /* Limits that bound every message on the wire (see docs/protocol.md). */
-#define RCOLO_MAX_CHANNELS   64
-#define RCOLO_MAX_DEPTH      1024 /* descriptors in flight per channel */
-#define RCOLO_MAX_REGIONS    512
-#define RCOLO_MAX_NAME       63   /* region name, bytes, without NUL */
-#define RCOLO_MAX_DESC_PAGES 1024 /* normal + zero pages per descriptor */
-#define RCOLO_MAX_TOKEN      256
+#define RCOLO_MAX_CHANNELS       64
+#define RCOLO_MAX_DEPTH          1024 /* descriptors in flight per channel */
+#define RCOLO_MAX_REGIONS        512
+#define RCOLO_MAX_NAME           63   /* region name, bytes, without NUL */
+#define RCOLO_MAX_DESC_PAGES     1024 /* normal + zero pages per descriptor */
+#define RCOLO_MAX_TOKEN          256
+#define RCOLO_MIN_TIMEOUT_MS     100
+#define RCOLO_MAX_TIMEOUT_MS     3600000
+#define RCOLO_DEFAULT_TIMEOUT_MS 30000
 
 struct rcolo_error {
     int code; /* negative errno, as returned */
@@ -72,7 +75,13 @@ struct rcolo_error {
  *          depth=N    (2..RCOLO_MAX_DEPTH, descriptors in flight per
  *                      channel, default 64),
  *          token=T    (1..RCOLO_MAX_TOKEN bytes of [A-Za-z0-9._~-], shared by
- *                      both sides; default empty)
+ *                      both sides; default empty),
+ *          timeout=MS (RCOLO_MIN_TIMEOUT_MS..RCOLO_MAX_TIMEOUT_MS, default
+ *                      RCOLO_DEFAULT_TIMEOUT_MS: how long the peer may
+ *                      withhold what it owes — credits, acknowledgements,
+ *                      stream space — before the session fails with
+ *                      -ETIMEDOUT; waits for the peer's next descriptor or
+ *                      stream data are idle, not owed, and never time out)
  */
 struct rcolo_uri {
     char host[256];
@@ -80,7 +89,9 @@ struct rcolo_uri {
     unsigned channels;
     unsigned depth;
     char token[RCOLO_MAX_TOKEN + 1];
-    uint64_t reserved[8]; /* zero; room for options without an ABI break */
+    unsigned timeout_ms;
+    unsigned reserved32;  /* zero */
+    uint64_t reserved[7]; /* zero; room for options without an ABI break */
 };
 
 /* Parse @text into @uri.  Returns 0 or -EINVAL (with @err filled). */

@@ -159,8 +159,26 @@ int rcolo_region_add(struct rcolo_session *s, uint32_t id, const char *name,
         r->rkey = e->rkey;
     }
     if (s->pd) {
+        /*
+         * Registering pins a whole RAMBlock: seconds for a large guest.  Do
+         * it without the session lock, which the session thread and
+         * shutdown need meanwhile.  The PD, once there, stays; the ODP probe
+         * runs here, under the lock, so that the unlocked part only reads.
+         */
+        probe_odp(s);
+        pthread_mutex_unlock(&s->core.lock);
         ret = rcolo_region_register(s, r, err);
+        pthread_mutex_lock(&s->core.lock);
         if (ret) {
+            goto fail;
+        }
+        if (g_hash_table_contains(s->regions, GUINT_TO_POINTER(id)) ||
+            g_hash_table_size(s->regions) >= RCOLO_MAX_REGIONS) {
+            /* Another thread added it (or filled the table) meanwhile. */
+            ret = rcolo_set_error(err, -EEXIST,
+                                  "region %u already added, or more than %d "
+                                  "regions",
+                                  id, RCOLO_MAX_REGIONS);
             goto fail;
         }
     }
@@ -170,6 +188,9 @@ int rcolo_region_add(struct rcolo_session *s, uint32_t id, const char *name,
 
 fail:
     pthread_mutex_unlock(&s->core.lock);
+    if (r->mr) {
+        ibv_dereg_mr(r->mr);
+    }
     g_free(r);
     return ret;
 }

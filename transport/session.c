@@ -97,6 +97,7 @@ static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
         g_free(s);
         return ret;
     }
+    s->core.owed_ms = (int)uri->timeout_ms;
     pthread_mutex_init(&s->ctl.write_lock, NULL);
     s->regions = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
                                        rcolo_region_free);
@@ -249,7 +250,7 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         .responder_resources = 1,
         .initiator_depth = 1,
         .retry_count = 7,
-        .rnr_retry_count = 7,
+        .rnr_retry_count = 6,
     };
     if (req.role == RCOLO_CONN_CONTROL) {
         id->context = NULL;
@@ -666,7 +667,7 @@ static int connect_finish(struct rcolo_session *s,
         .responder_resources = 1,
         .initiator_depth = 1,
         .retry_count = 7,
-        .rnr_retry_count = 7,
+        .rnr_retry_count = 6,
     };
     int ret;
 
@@ -943,17 +944,18 @@ int rcolo_session_get_stats(struct rcolo_session *s,
     *out = s->stats;
     memset(&out->total, 0, sizeof(out->total));
     for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
-        struct rcolo_channel *ch = s->chan[i];
-        if (!ch) {
+        struct rcolo_channel_stats c;
+        if (!s->chan[i]) {
             continue;
         }
-        out->total.bytes += ch->stats.bytes;
-        out->total.pages += ch->stats.pages;
-        out->total.zero_pages += ch->stats.zero_pages;
-        out->total.write_wrs += ch->stats.write_wrs;
-        out->total.descriptors += ch->stats.descriptors;
-        out->total.credit_waits += ch->stats.credit_waits;
-        out->total.fences += ch->stats.fences;
+        rcolo_channel_get_stats(s->chan[i], &c);
+        out->total.bytes += c.bytes;
+        out->total.pages += c.pages;
+        out->total.zero_pages += c.zero_pages;
+        out->total.write_wrs += c.write_wrs;
+        out->total.descriptors += c.descriptors;
+        out->total.credit_waits += c.credit_waits;
+        out->total.fences += c.fences;
     }
     pthread_mutex_unlock(&s->core.lock);
     return 0;

@@ -59,6 +59,7 @@ static int parse_options(const char *text, const char *opts,
 {
     char msg[128];
     bool seen_channels = false, seen_depth = false, seen_token = false;
+    bool seen_timeout = false;
     const char *p = opts;
 
     while (*p) {
@@ -90,6 +91,16 @@ static int parse_options(const char *text, const char *opts,
                 return uri_fail(err, text, msg);
             }
             seen_depth = true;
+        } else if (klen == 7 && !memcmp(p, "timeout", 7)) {
+            if (seen_timeout ||
+                !parse_uint(val, vlen, RCOLO_MIN_TIMEOUT_MS,
+                            RCOLO_MAX_TIMEOUT_MS, &uri->timeout_ms)) {
+                snprintf(msg, sizeof(msg),
+                         "timeout must be given once, %d..%d ms",
+                         RCOLO_MIN_TIMEOUT_MS, RCOLO_MAX_TIMEOUT_MS);
+                return uri_fail(err, text, msg);
+            }
+            seen_timeout = true;
         } else if (klen == 5 && !memcmp(p, "token", 5)) {
             if (seen_token || vlen == 0 || vlen > RCOLO_MAX_TOKEN) {
                 snprintf(msg, sizeof(msg),
@@ -109,7 +120,8 @@ static int parse_options(const char *text, const char *opts,
             seen_token = true;
         } else {
             snprintf(msg, sizeof(msg),
-                     "unknown option '%.*s' (known: channels, depth, token)",
+                     "unknown option '%.*s' (known: channels, depth, timeout, "
+                     "token)",
                      (int)klen, p);
             return uri_fail(err, text, msg);
         }
@@ -136,6 +148,7 @@ int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
     memset(uri, 0, sizeof(*uri));
     uri->channels = 4;
     uri->depth = 64;
+    uri->timeout_ms = RCOLO_DEFAULT_TIMEOUT_MS;
 
     if (strncmp(text, SCHEME, strlen(SCHEME)) != 0) {
         return uri_fail(err, text, "must start with 'rdma-colo:'");
@@ -205,9 +218,10 @@ int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
 int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size)
 {
     bool v6 = strchr(uri->host, ':') != NULL;
-    int n = snprintf(buf, size, SCHEME "%s%s%s:%s?channels=%u&depth=%u",
-                     v6 ? "[" : "", uri->host, v6 ? "]" : "", uri->port,
-                     uri->channels, uri->depth);
+    int n =
+        snprintf(buf, size, SCHEME "%s%s%s:%s?channels=%u&depth=%u&timeout=%u",
+                 v6 ? "[" : "", uri->host, v6 ? "]" : "", uri->port,
+                 uri->channels, uri->depth, uri->timeout_ms);
 
     if (n < 0 || (size_t)n >= size) {
         return -ENOSPC;

@@ -116,6 +116,9 @@ static void fill_page(uint8_t *p, uint32_t size, uint64_t seed)
     }
 }
 
+/* The timeout= of the URIs uri_for makes (0: the library's default). */
+static unsigned uri_timeout_ms;
+
 static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
 {
     char text[512];
@@ -125,6 +128,10 @@ static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     snprintf(text, sizeof(text), "rdma-colo:%s:%s?channels=%d&depth=32%s%s",
              addr, port, CHANNELS, token ? "&token=" : "", token ? token : "");
+    if (uri_timeout_ms) {
+        snprintf(text + strlen(text), sizeof(text) - strlen(text),
+                 "&timeout=%u", uri_timeout_ms);
+    }
     CHECK(rcolo_uri_parse(text, uri, &err) == 0, "%s", err.message);
 }
 
@@ -720,6 +727,59 @@ static int test_kill_secondary(void)
     return 0;
 }
 
+/*
+ * A secondary that is alive but stalled (SIGSTOP: its kernel still
+ * acknowledges every RDMA WRITE and SEND, so no work request fails) must end
+ * the primary's session with an error that says so, within the session's
+ * timeout, instead of blocking it forever in a credit or fence wait.
+ */
+static int test_stall_secondary(void)
+{
+    char port[8];
+    pid_t child = fork_secondary(port, sizeof(port), NULL, false);
+    struct primary *p;
+    uint64_t rng = 7, offs[BATCH];
+    double t_stop, waited;
+    int ret;
+
+    uri_timeout_ms = 2000;
+    p = connect_primary(port, NULL);
+    ret = rcolo_fence(p->s, TIMEOUT_MS);
+    CHECK(ret == 0, "first fence: %d (%s)", ret, rcolo_session_error(p->s));
+    kill(child, SIGSTOP);
+    t_stop = now_s();
+    for (unsigned iter = 0; ret == 0; iter++) {
+        for (unsigned i = 0; i < BATCH; i++) {
+            offs[i] = (xorshift(&rng) % (MAIN_LEN / PAGE)) * PAGE;
+        }
+        qsort(offs, BATCH, 8, cmp_u64);
+        ret = rcolo_write_pages(p->ch[iter % CHANNELS], MAIN_ID, offs, BATCH,
+                                NULL, 0);
+        if (ret == 0 && iter % 50 == 49) {
+            ret = rcolo_fence(p->s, TIMEOUT_MS);
+        }
+        if (now_s() - t_stop > 20) {
+            FAIL("no error 20 s after the secondary was stopped");
+        }
+    }
+    waited = now_s() - t_stop;
+    CHECK(ret == -ETIMEDOUT, "primary returned %d (%s), not -ETIMEDOUT", ret,
+          rcolo_session_error(p->s));
+    CHECK(strstr(rcolo_session_error(p->s), "stalled"),
+          "the error does not say the peer stalled: %s",
+          rcolo_session_error(p->s));
+    CHECK(waited >= 1.5 && waited < 10,
+          "failed %.2f s after the stop, timeout 2 s", waited);
+    kill(child, SIGKILL);
+    wait_child(child);
+    printf("test-transport stall-secondary: secondary SIGSTOPped (its "
+           "kernel kept acknowledging); with timeout=2000 the primary "
+           "failed after %.2f s with -ETIMEDOUT: %s\n",
+           waited, rcolo_session_error(p->s));
+    primary_close(p);
+    return 0;
+}
+
 static int test_kill_primary(void)
 {
     /* The child is the primary; the parent observes the secondary.  Fork
@@ -1298,6 +1358,8 @@ int main(int argc, char **argv)
         return test_oob_descriptor();
     } else if (!strcmp(test_name, "kill-secondary")) {
         return test_kill_secondary();
+    } else if (!strcmp(test_name, "stall-secondary")) {
+        return test_stall_secondary();
     } else if (!strcmp(test_name, "kill-primary")) {
         return test_kill_primary();
     } else if (!strcmp(test_name, "stream")) {

@@ -104,6 +104,23 @@ static void test_bad_options(void **state)
     bad("rdma-colo:h:1?token=a/b", "token may only");
     bad("rdma-colo:h:1?colour=blue", "unknown option 'colour'");
     bad("rdma-colo:h:1?channels=2&", "trailing '&'");
+    bad("rdma-colo:h:1?timeout=99", "timeout must be");
+    bad("rdma-colo:h:1?timeout=3600001", "timeout must be");
+    bad("rdma-colo:h:1?timeout=1000&timeout=1000", "timeout must be");
+    bad("rdma-colo:h:1?timeout=1s", "timeout must be");
+}
+
+static void test_timeout(void **state)
+{
+    struct rcolo_uri u;
+
+    assert_int_equal(rcolo_uri_parse("rdma-colo:h:1", &u, NULL), 0);
+    assert_int_equal(u.timeout_ms, RCOLO_DEFAULT_TIMEOUT_MS);
+    assert_int_equal(rcolo_uri_parse("rdma-colo:h:1?timeout=100", &u, NULL), 0);
+    assert_int_equal(u.timeout_ms, 100);
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:h:1?depth=8&timeout=3600000", &u, NULL), 0);
+    assert_int_equal(u.timeout_ms, RCOLO_MAX_TIMEOUT_MS);
 }
 
 static void test_long_token(void **state)
@@ -125,11 +142,15 @@ static void test_format_roundtrip(void **state)
     char buf[300];
 
     assert_int_equal(
-        rcolo_uri_parse("rdma-colo:[::1]:9?channels=3&depth=8", &u, NULL), 0);
+        rcolo_uri_parse("rdma-colo:[::1]:9?channels=3&depth=8&timeout=500", &u,
+                        NULL),
+        0);
     assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
-    assert_string_equal(buf, "rdma-colo:[::1]:9?channels=3&depth=8");
+    assert_string_equal(buf,
+                        "rdma-colo:[::1]:9?channels=3&depth=8&timeout=500");
     assert_int_equal(rcolo_uri_parse(buf, &v, NULL), 0);
     assert_string_equal(v.host, "::1");
+    assert_int_equal(v.timeout_ms, 500);
     assert_int_equal(rcolo_uri_format(&u, buf, 10), -ENOSPC);
 }
 
@@ -144,6 +165,7 @@ int main(void)
         cmocka_unit_test(test_bad_port),
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_long_token),
+        cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_format_roundtrip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
