@@ -218,10 +218,17 @@ int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
 int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size)
 {
     bool v6 = strchr(uri->host, ':') != NULL;
-    int n =
-        snprintf(buf, size, SCHEME "%s%s%s:%s?channels=%u&depth=%u&timeout=%u",
-                 v6 ? "[" : "", uri->host, v6 ? "]" : "", uri->port,
-                 uri->channels, uri->depth, uri->timeout_ms);
+    /* timeout= only when it is not the default: an address without it
+     * formats back to itself. */
+    int n = snprintf(buf, size, SCHEME "%s%s%s:%s?channels=%u&depth=%u",
+                     v6 ? "[" : "", uri->host, v6 ? "]" : "", uri->port,
+                     uri->channels, uri->depth);
+
+    if (n >= 0 && (size_t)n < size &&
+        uri->timeout_ms != RCOLO_DEFAULT_TIMEOUT_MS) {
+        n +=
+            snprintf(buf + n, size - (size_t)n, "&timeout=%u", uri->timeout_ms);
+    }
 
     if (n < 0 || (size_t)n >= size) {
         return -ENOSPC;

@@ -151,6 +151,11 @@ static void test_format_roundtrip(void **state)
     assert_int_equal(rcolo_uri_parse(buf, &v, NULL), 0);
     assert_string_equal(v.host, "::1");
     assert_int_equal(v.timeout_ms, 500);
+    /* The default is left out: an address without it formats to itself. */
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:h:1?channels=2&depth=8", &u, NULL), 0);
+    assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "rdma-colo:h:1?channels=2&depth=8");
     assert_int_equal(rcolo_uri_format(&u, buf, 10), -ENOSPC);
 }
 
