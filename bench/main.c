@@ -46,7 +46,9 @@ static void usage(FILE *f)
         "  --seed N                        workload seed (default 1)\n"
         "  --no-verify                     skip the per-checkpoint "
         "verification\n"
-        "  --token T                       rdma-colo session token\n"
+        "  --token T                       session token for --role both\n"
+        "                                  (default: random; with --uri, put\n"
+        "                                  token= in the URI)\n"
         "  --wire FILE                     perftest-ref --out results, for "
         "ratios\n"
         "  --json FILE                     every raw sample\n"
@@ -316,6 +318,21 @@ static void parse(int argc, char **argv, struct options *o)
         BENCH_ERR("no address: give --addr, or run under scripts/with-rxe "
                   "(which sets RDMA_COLO_TEST_ADDR)");
         exit(2);
+    }
+    if (!strcmp(o->role, "both") && !o->token) {
+        /* Both sides are ours: a random token (made before the fork), so
+         * the handshake is measured as users run it, authenticated. */
+        static char token[33];
+        uint8_t r[16];
+
+        if (getentropy(r, sizeof(r))) {
+            BENCH_ERR("getentropy: %s", strerror(errno));
+            exit(1);
+        }
+        for (unsigned i = 0; i < sizeof(r); i++) {
+            snprintf(token + 2 * i, 3, "%02x", r[i]);
+        }
+        o->token = token;
     }
     if (strcmp(o->role, "both") && o->run_rdma && !o->uri) {
         BENCH_ERR("--role %s needs --uri rdma-colo:HOST:PORT", o->role);

@@ -21,10 +21,10 @@ static int parse_uri(const struct options *o, const char *port,
     char text[600];
 
     if (port) {
-        /* "both" mode: the fabric's address, a port chosen by the kernel */
-        snprintf(text, sizeof(text), "rdma-colo:%s:%s?channels=%u%s%s",
-                 o->tcp_addr, port, o->channels, o->token ? "&token=" : "",
-                 o->token ? o->token : "");
+        /* "both" mode: the fabric's address, a port chosen by the kernel,
+         * the token main.c made (or --token) */
+        snprintf(text, sizeof(text), "rdma-colo:%s:%s?channels=%u&token=%s",
+                 o->tcp_addr, port, o->channels, o->token);
     } else {
         snprintf(text, sizeof(text), "%s", o->uri);
     }

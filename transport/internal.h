@@ -27,6 +27,10 @@
 #include "verbs.h"
 #include "wire.h"
 
+/* uri.c: 127.0.0.0/8, ::1 or localhost (the only hosts a session without
+ * a token may use unless insecure=on). */
+bool rcolo_host_is_loopback(const char *host);
+
 /* ------------------------------------------------------------ regions */
 
 struct rcolo_region {
@@ -123,6 +127,15 @@ struct rcolo_ctl {
 
 /* ------------------------------------------------------------ session */
 
+/* A challenge (HELLO's answer) lives until answered once or until the
+ * session's owed timeout; the table is a ring, so a flood of HELLOs evicts
+ * the oldest (the primary then asks again). */
+#define RCOLO_CHALLENGES 16
+struct rcolo_challenge {
+    uint8_t snonce[RCOLO_NONCE_LEN];
+    int64_t expires; /* rcolo_now_ns() deadline; 0: free or used */
+};
+
 enum rcolo_session_state {
     RCOLO_SESSION_NEW = 0,
     RCOLO_SESSION_LISTENING, /* secondary, before the control connection */
@@ -135,8 +148,16 @@ struct rcolo_session {
     struct rcolo_core core; /* lock, failure state */
     enum rcolo_role role;
     struct rcolo_uri uri;
-    uint8_t token_hash[RCOLO_TOKEN_HASH_LEN];
-    uint64_t nonce;
+    /* The handshake's nonces (wire.h): the secondary's challenge and the
+     * primary's, fixed when the control connection is accepted.  Every
+     * data channel's MAC covers both, so no REQ of another session (or a
+     * replay of this one's control REQ) opens a channel. */
+    uint8_t snonce[RCOLO_NONCE_LEN];
+    uint8_t cnonce[RCOLO_NONCE_LEN];
+    /* Secondary: challenges handed out and not yet answered (session
+     * thread, under core.lock). */
+    struct rcolo_challenge challenges[RCOLO_CHALLENGES];
+    unsigned next_challenge;
     unsigned channels;
     unsigned depth;
 

@@ -47,7 +47,7 @@
 extern "C" {
 #endif
 
-#define RCOLO_PROTOCOL_VERSION 1
+#define RCOLO_PROTOCOL_VERSION 2
 
 /* Limits that bound every message on the wire (see docs/protocol.md). */
 #define RCOLO_MAX_CHANNELS       64
@@ -56,6 +56,7 @@ extern "C" {
 #define RCOLO_MAX_NAME           63   /* region name, bytes, without NUL */
 #define RCOLO_MAX_DESC_PAGES     1024 /* normal + zero pages per descriptor */
 #define RCOLO_MAX_TOKEN          256
+#define RCOLO_MAX_SECRET_ID      39
 #define RCOLO_MIN_TIMEOUT_MS     100
 #define RCOLO_MAX_TIMEOUT_MS     3600000
 #define RCOLO_DEFAULT_TIMEOUT_MS 30000
@@ -75,31 +76,47 @@ struct rcolo_error {
  *          depth=N    (2..RCOLO_MAX_DEPTH, descriptors in flight per
  *                      channel, default 64),
  *          token=T    (1..RCOLO_MAX_TOKEN bytes of [A-Za-z0-9._~-], shared by
- *                      both sides; default empty),
+ *                      both sides: each proves it to the other with an
+ *                      HMAC over fresh nonces, never sends it; see
+ *                      docs/protocol.md),
+ *          secret=ID  (instead of token=: the id of a secret the
+ *                      application resolves into uri->token before
+ *                      rcolo_listen/rcolo_connect, e.g. QEMU's
+ *                      -object secret,id=ID; [A-Za-z][A-Za-z0-9._-]*, at
+ *                      most RCOLO_MAX_SECRET_ID characters),
+ *          insecure=on|off (default off: without a token or secret,
+ *                      rcolo_listen and rcolo_connect refuse any host but
+ *                      loopback; on accepts an unauthenticated session),
  *          timeout=MS (RCOLO_MIN_TIMEOUT_MS..RCOLO_MAX_TIMEOUT_MS, default
  *                      RCOLO_DEFAULT_TIMEOUT_MS: how long the peer may
  *                      withhold what it owes — credits, acknowledgements,
  *                      stream space — before the session fails with
  *                      -ETIMEDOUT; waits for the peer's next descriptor or
  *                      stream data are idle, not owed, and never time out)
+ *
+ * Errors quote the URI with the token's value replaced by "***"; nothing in
+ * the library prints or formats the token.
  */
+#define RCOLO_URI_INSECURE 0x1u /* rcolo_uri.flags: insecure=on */
+
 struct rcolo_uri {
     char host[256];
     char port[8];
     unsigned channels;
     unsigned depth;
-    char token[RCOLO_MAX_TOKEN + 1];
+    char token[RCOLO_MAX_TOKEN + 1]; /* any bytes but NUL; "" = none */
     unsigned timeout_ms;
-    unsigned reserved32;  /* zero */
-    uint64_t reserved[7]; /* zero; room for options without an ABI break */
+    unsigned flags;                          /* RCOLO_URI_* */
+    char secret_id[RCOLO_MAX_SECRET_ID + 1]; /* "" = none */
+    uint64_t reserved[2]; /* zero; room for options without an ABI break */
 };
 
 /* Parse @text into @uri.  Returns 0 or -EINVAL (with @err filled). */
 int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
                     struct rcolo_error *err);
 
-/* Format @uri back to text (token left out).  Returns the length or
- * -ENOSPC if @size is too small. */
+/* Format @uri back to text (the token left out, secret= and insecure=
+ * kept).  Returns the length or -ENOSPC if @size is too small. */
 int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size);
 
 /* -------------------------------------------------------------- session */
@@ -111,6 +128,15 @@ enum rcolo_role {
     RCOLO_PRIMARY = 1,
     RCOLO_SECONDARY = 2,
 };
+
+/*
+ * Whether @uri may be used for a session: a token (or insecure=on, or a
+ * loopback host) and no unresolved secret=.  rcolo_listen and rcolo_connect
+ * check it first; an application can check an address earlier.  @role picks
+ * the wording of the error (0: either).  Returns 0, -EACCES or -EINVAL.
+ */
+int rcolo_uri_check_auth(const struct rcolo_uri *uri, enum rcolo_role role,
+                         struct rcolo_error *err);
 
 /*
  * Secondary: bind and listen on uri->host:uri->port.  Regions may be added

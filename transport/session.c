@@ -71,8 +71,13 @@ static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
                        struct rcolo_session **out, struct rcolo_error *err)
 {
     struct rcolo_session *s;
-    int ret = no_device_error(err);
+    int ret;
 
+    ret = rcolo_uri_check_auth(uri, role, err);
+    if (ret) {
+        return ret;
+    }
+    ret = no_device_error(err);
     if (ret) {
         return ret;
     }
@@ -101,7 +106,6 @@ static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
     pthread_mutex_init(&s->ctl.write_lock, NULL);
     s->regions = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
                                        rcolo_region_free);
-    rcolo_token_hash(uri->token, s->token_hash);
     *out = s;
     return 0;
 }
@@ -161,25 +165,101 @@ static void ctl_established_locked(struct rcolo_session *s)
 
 /* ------------------------------------------------ secondary: requests */
 
+static int random_nonce(uint8_t out[RCOLO_NONCE_LEN])
+{
+    ssize_t n;
+
+    do {
+        n = getrandom(out, RCOLO_NONCE_LEN, 0);
+    } while (n < 0 && errno == EINTR);
+    return n == RCOLO_NONCE_LEN ? 0 : -(n < 0 ? errno : EIO);
+}
+
+/* HELLO: hand out a fresh single-use challenge. */
+static int issue_challenge(struct rcolo_session *s,
+                           uint8_t snonce[RCOLO_NONCE_LEN])
+{
+    struct rcolo_challenge *c =
+        &s->challenges[s->next_challenge++ % RCOLO_CHALLENGES];
+    int ret = random_nonce(c->snonce);
+
+    if (ret) {
+        c->expires = 0;
+        return ret;
+    }
+    c->expires = rcolo_deadline(s->core.owed_ms);
+    memcpy(snonce, c->snonce, RCOLO_NONCE_LEN);
+    return 0;
+}
+
+/* A live challenge with this nonce: consume it (single use, answered
+ * correctly or not). */
+static bool take_challenge(struct rcolo_session *s,
+                           const uint8_t snonce[RCOLO_NONCE_LEN])
+{
+    int64_t now = rcolo_now_ns();
+
+    for (unsigned i = 0; i < RCOLO_CHALLENGES; i++) {
+        struct rcolo_challenge *c = &s->challenges[i];
+
+        if (c->expires && !memcmp(c->snonce, snonce, RCOLO_NONCE_LEN)) {
+            bool live = c->expires > now;
+
+            c->expires = 0;
+            return live;
+        }
+    }
+    return false;
+}
+
+static bool mac_ok(struct rcolo_session *s, enum rcolo_mac_kind kind,
+                   const struct rcolo_req *req)
+{
+    uint8_t want[RCOLO_MAC_LEN];
+
+    rcolo_mac(s->uri.token, kind, req->snonce, req->cnonce, req->index,
+              req->channels, req->depth, want);
+    return rcolo_mac_equal(want, req->mac);
+}
+
+/*
+ * Nothing is allocated and no state changes before the peer proved the
+ * token: a failed attempt costs the secondary one used challenge.
+ */
 static enum rcolo_reject_reason check_request(struct rcolo_session *s,
                                               const struct rcolo_req *req)
 {
-    if (memcmp(req->token_hash, s->token_hash, RCOLO_REQ_HASH_BYTES) != 0) {
-        return RCOLO_REJ_BAD_TOKEN;
-    }
-    if (req->role == RCOLO_CONN_CONTROL) {
+    switch (req->role) {
+    case RCOLO_CONN_HELLO:
+        return s->ctl.id || s->state != RCOLO_SESSION_LISTENING
+                   ? RCOLO_REJ_BUSY
+                   : RCOLO_REJ_CHALLENGE;
+    case RCOLO_CONN_CONTROL:
+        if (!take_challenge(s, req->snonce)) {
+            return RCOLO_REJ_BAD_NONCE;
+        }
+        if (!mac_ok(s, RCOLO_MAC_CONTROL_REQ, req)) {
+            return RCOLO_REJ_BAD_TOKEN;
+        }
         if (s->ctl.id || s->state != RCOLO_SESSION_LISTENING) {
             return RCOLO_REJ_BUSY;
         }
         return RCOLO_REJ_NONE;
+    case RCOLO_CONN_DATA:
+        if (s->state != RCOLO_SESSION_READY ||
+            memcmp(req->snonce, s->snonce, RCOLO_NONCE_LEN) ||
+            memcmp(req->cnonce, s->cnonce, RCOLO_NONCE_LEN)) {
+            return RCOLO_REJ_BAD_NONCE;
+        }
+        if (!mac_ok(s, RCOLO_MAC_DATA_REQ, req)) {
+            return RCOLO_REJ_BAD_TOKEN;
+        }
+        if (req->index >= s->channels || s->chan[req->index]) {
+            return RCOLO_REJ_BAD_CHANNEL;
+        }
+        return RCOLO_REJ_NONE;
     }
-    if (s->state != RCOLO_SESSION_READY || req->nonce != s->nonce) {
-        return RCOLO_REJ_BAD_NONCE;
-    }
-    if (req->index >= s->channels || s->chan[req->index]) {
-        return RCOLO_REJ_BAD_CHANNEL;
-    }
-    return RCOLO_REJ_NONE;
+    return RCOLO_REJ_BAD_ROLE;
 }
 
 /* Returns an id to destroy once the event is acked, or NULL. */
@@ -191,6 +271,7 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
     struct rcolo_error err = {0};
     uint8_t pdata[RCOLO_WIRE_REJ_LEN > RCOLO_WIRE_REP_LEN ? RCOLO_WIRE_REJ_LEN
                                                           : RCOLO_WIRE_REP_LEN];
+    uint8_t challenge[RCOLO_NONCE_LEN];
     enum rcolo_reject_reason why;
     struct rcolo_channel *ch = NULL;
 
@@ -213,6 +294,9 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
                 rcolo_qp_destroy(id, &s->ctl.res);
                 s->ctl.id = NULL;
                 rcolo_ctl_teardown(s);
+            } else {
+                memcpy(s->snonce, req.snonce, RCOLO_NONCE_LEN);
+                memcpy(s->cnonce, req.cnonce, RCOLO_NONCE_LEN);
             }
         } else {
             ch = rcolo_channel_new(s, req.index);
@@ -227,8 +311,17 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         }
     }
 
+    if (why == RCOLO_REJ_CHALLENGE) {
+        int ret = issue_challenge(s, challenge);
+        if (ret) {
+            why = RCOLO_REJ_NO_RESOURCES;
+            rcolo_set_error(&err, ret, "no random nonce: %s", strerror(-ret));
+        }
+    }
     if (why != RCOLO_REJ_NONE) {
-        size_t n = rcolo_rej_encode(why, pdata, sizeof(pdata));
+        size_t n =
+            rcolo_rej_encode(why, why == RCOLO_REJ_CHALLENGE ? challenge : NULL,
+                             pdata, sizeof(pdata));
         rdma_reject(id, pdata, (uint8_t)n);
         if (why == RCOLO_REJ_NO_RESOURCES) {
             /* Our own failure, not the peer's fault: record it. */
@@ -238,11 +331,17 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         return id;
     }
 
+    /* The secondary proves the token too, over the primary's nonce: a
+     * host that merely listens at the address receives no guest RAM. */
     struct rcolo_rep rep = {
         .channels = (uint16_t)s->channels,
         .depth = (uint16_t)s->depth,
-        .nonce = s->nonce,
     };
+    rcolo_mac(s->uri.token,
+              req.role == RCOLO_CONN_CONTROL ? RCOLO_MAC_CONTROL_REP
+                                             : RCOLO_MAC_DATA_REP,
+              s->snonce, s->cnonce, req.index, rep.channels, rep.depth,
+              rep.mac);
     size_t n = rcolo_rep_encode(&rep, pdata, sizeof(pdata));
     struct rdma_conn_param param = {
         .private_data = pdata,
@@ -472,9 +571,6 @@ int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
     if (ret) {
         return ret;
     }
-    if (getrandom(&s->nonce, sizeof(s->nonce), 0) != sizeof(s->nonce)) {
-        s->nonce = (uint64_t)rcolo_now_ns() ^ ((uint64_t)getpid() << 32);
-    }
     ret = rcolo_cm_channel_open(&s->cm, err);
     if (ret) {
         goto fail;
@@ -650,12 +746,17 @@ static int connect_resolve(struct rcolo_session *s,
     return session_pd(s, (*pid)->verbs, err);
 }
 
+/* What a REQ's QP number is when the REQ has no QP: a HELLO is always
+ * rejected, so nothing ever uses it. */
+#define HELLO_QP_NUM 0xc0100
+
 /* Send the REQ, wait for ESTABLISHED, move the id onto the session's
- * event channel. */
+ * event channel.  A refusal fills @rej (reason 0 if it was not ours). */
 static int connect_finish(struct rcolo_session *s,
                           struct rdma_event_channel *pch, struct rdma_cm_id *id,
                           const struct rcolo_req *req, struct rcolo_rep *rep,
-                          int64_t deadline, struct rcolo_error *err)
+                          struct rcolo_rej *rej, int64_t deadline,
+                          struct rcolo_error *err)
 {
     uint8_t req_buf[RCOLO_WIRE_REQ_LEN];
     uint8_t reply[64];
@@ -668,33 +769,51 @@ static int connect_finish(struct rcolo_session *s,
         .initiator_depth = 1,
         .retry_count = 7,
         .rnr_retry_count = 6,
+        .qp_num = id->qp ? 0 : HELLO_QP_NUM,
     };
     int ret;
 
+    memset(rej, 0, sizeof(*rej));
     if (rdma_connect(id, &param)) {
         return rcolo_set_error(err, -errno, "rdma_connect: %s",
                                strerror(errno));
     }
-    ret = rcolo_cm_wait(pch, RDMA_CM_EVENT_ESTABLISHED, deadline, &s->core,
-                        reply, &reply_len, err);
+    /* Without a QP, an accept is reported as CONNECT_RESPONSE. */
+    ret = rcolo_cm_wait(pch,
+                        id->qp ? RDMA_CM_EVENT_ESTABLISHED
+                               : RDMA_CM_EVENT_CONNECT_RESPONSE,
+                        deadline, &s->core, reply, &reply_len, err);
     if (ret == -ECONNREFUSED) {
-        int why = rcolo_rej_decode(reply, reply_len);
-        if (why > 0) {
+        if (rcolo_rej_decode(reply, reply_len, rej) < 0) {
+            return rcolo_set_error(err, -ECONNREFUSED,
+                                   "connection to %s:%s refused (nobody "
+                                   "listening there?)",
+                                   s->uri.host, s->uri.port);
+        }
+        if (rej->reason == RCOLO_REJ_BAD_VERSION) {
             return rcolo_set_error(err, -ECONNREFUSED,
                                    "secondary at %s:%s refused the "
-                                   "connection: %s",
-                                   s->uri.host, s->uri.port,
-                                   rcolo_reject_str(why));
+                                   "connection: protocol version mismatch "
+                                   "(it speaks %u, this side %u)",
+                                   s->uri.host, s->uri.port, rej->version,
+                                   RCOLO_PROTOCOL_VERSION);
         }
         return rcolo_set_error(err, -ECONNREFUSED,
-                               "connection to %s:%s refused (nobody "
-                               "listening there?)",
-                               s->uri.host, s->uri.port);
+                               "secondary at %s:%s refused the "
+                               "connection: %s",
+                               s->uri.host, s->uri.port,
+                               rcolo_reject_str(rej->reason));
     }
     if (ret) {
         return ret;
     }
-    if (rep && rcolo_rep_decode(reply, reply_len, rep)) {
+    if (!id->qp) {
+        return rcolo_set_error(err, -EPROTO,
+                               "%s:%s accepted a connection that asked for "
+                               "a challenge (not an rdma-colo secondary?)",
+                               s->uri.host, s->uri.port);
+    }
+    if (rcolo_rep_decode(reply, reply_len, rep)) {
         return rcolo_set_error(err, -EPROTO,
                                "secondary's accept reply is malformed");
     }
@@ -703,6 +822,44 @@ static int connect_finish(struct rcolo_session *s,
                                strerror(errno));
     }
     return 0;
+}
+
+/* Primary: ask the secondary for a challenge (a HELLO it always refuses,
+ * on a throw-away id without a QP). */
+static int request_challenge(struct rcolo_session *s,
+                             uint8_t snonce[RCOLO_NONCE_LEN], int64_t deadline,
+                             struct rcolo_error *err)
+{
+    struct rdma_event_channel *pch = NULL;
+    struct rdma_cm_id *id = NULL;
+    struct rcolo_req req = {
+        .version = RCOLO_PROTOCOL_VERSION,
+        .role = RCOLO_CONN_HELLO,
+    };
+    struct rcolo_rej rej;
+    struct rcolo_rep rep;
+    int ret;
+
+    if (rcolo_fault_fire(RCOLO_FAULT_BAD_VERSION)) {
+        req.version++;
+    }
+    ret = connect_resolve(s, &pch, &id, deadline, err);
+    if (ret == 0) {
+        ret = connect_finish(s, pch, id, &req, &rep, &rej, deadline, err);
+        if (ret == 0) {
+            ret = -EPROTO; /* connect_finish said why */
+        } else if (ret == -ECONNREFUSED && rej.reason == RCOLO_REJ_CHALLENGE) {
+            memcpy(snonce, rej.snonce, RCOLO_NONCE_LEN);
+            ret = 0;
+        }
+    }
+    if (id) {
+        rdma_destroy_id(id);
+    }
+    if (pch) {
+        rdma_destroy_event_channel(pch);
+    }
+    return ret;
 }
 
 static bool table_received(void *arg)
@@ -735,30 +892,67 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
         goto fail;
     }
 
-    ret = connect_resolve(s, &pch, &id, deadline, err);
-    if (ret) {
-        goto fail;
-    }
-    ret = rcolo_ctl_setup(s, id, err);
-    if (ret) {
-        goto fail;
-    }
-    struct rcolo_req req = {
-        .version = RCOLO_PROTOCOL_VERSION,
-        .role = RCOLO_CONN_CONTROL,
-        .channels = (uint16_t)uri->channels,
-        .depth = (uint16_t)uri->depth,
-    };
-    if (rcolo_fault_fire(RCOLO_FAULT_BAD_VERSION)) {
-        req.version++;
-    }
-    memcpy(req.token_hash, s->token_hash, RCOLO_TOKEN_HASH_LEN);
-    ret = connect_finish(s, pch, id, &req, &rep, deadline, err);
-    if (ret) {
-        goto fail;
+    /* A challenge can be evicted by a flood of HELLOs between our two
+     * requests: ask again, a few times. */
+    for (int attempt = 0;; attempt++) {
+        struct rcolo_rej rej;
+
+        ret = request_challenge(s, s->snonce, deadline, err);
+        if (ret == 0) {
+            ret = random_nonce(s->cnonce);
+            if (ret) {
+                rcolo_set_error(err, ret, "no random nonce: %s",
+                                strerror(-ret));
+            }
+        }
+        if (ret == 0) {
+            ret = connect_resolve(s, &pch, &id, deadline, err);
+        }
+        if (ret == 0) {
+            ret = rcolo_ctl_setup(s, id, err);
+        }
+        if (ret) {
+            goto fail;
+        }
+        struct rcolo_req req = {
+            .version = RCOLO_PROTOCOL_VERSION,
+            .role = RCOLO_CONN_CONTROL,
+            .channels = (uint16_t)uri->channels,
+            .depth = (uint16_t)uri->depth,
+        };
+        memcpy(req.snonce, s->snonce, RCOLO_NONCE_LEN);
+        memcpy(req.cnonce, s->cnonce, RCOLO_NONCE_LEN);
+        rcolo_mac(uri->token, RCOLO_MAC_CONTROL_REQ, req.snonce, req.cnonce, 0,
+                  req.channels, req.depth, req.mac);
+        ret = connect_finish(s, pch, id, &req, &rep, &rej, deadline, err);
+        if (ret == -ECONNREFUSED && rej.reason == RCOLO_REJ_BAD_NONCE &&
+            attempt < 2) {
+            rcolo_ctl_teardown(s); /* destroys id */
+            id = NULL;
+            rdma_destroy_event_channel(pch);
+            pch = NULL;
+            continue;
+        }
+        if (ret) {
+            goto fail;
+        }
+        break;
     }
     rdma_destroy_event_channel(pch);
     pch = NULL;
+    /* Before anything of the secondary is believed: did it prove the
+     * token over our nonce? */
+    uint8_t want[RCOLO_MAC_LEN];
+    rcolo_mac(uri->token, RCOLO_MAC_CONTROL_REP, s->snonce, s->cnonce, 0,
+              rep.channels, rep.depth, want);
+    if (!rcolo_mac_equal(want, rep.mac)) {
+        ret = rcolo_set_error(err, -EACCES,
+                              "%s:%s accepted but did not prove the session "
+                              "token (another token there, or not the "
+                              "secondary you meant)",
+                              uri->host, uri->port);
+        goto fail;
+    }
     /* The secondary may lower the depth, nothing else. */
     if (rep.channels != uri->channels || rep.depth < 2 ||
         rep.depth > uri->depth) {
@@ -771,7 +965,6 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
     }
     s->channels = rep.channels;
     s->depth = rep.depth;
-    s->nonce = rep.nonce;
     s->ctl.established = true;
 
     ret = session_start_thread(s, err);
@@ -851,10 +1044,32 @@ int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
             .version = RCOLO_PROTOCOL_VERSION,
             .role = RCOLO_CONN_DATA,
             .index = (uint16_t)index,
-            .nonce = s->nonce,
         };
-        memcpy(req.token_hash, s->token_hash, RCOLO_TOKEN_HASH_LEN);
-        ret = connect_finish(s, pch, ch->id, &req, NULL, deadline, err);
+        struct rcolo_rep rep;
+        struct rcolo_rej rej;
+        uint8_t want[RCOLO_MAC_LEN];
+
+        memcpy(req.snonce, s->snonce, RCOLO_NONCE_LEN);
+        memcpy(req.cnonce, s->cnonce, RCOLO_NONCE_LEN);
+        rcolo_mac(s->uri.token, RCOLO_MAC_DATA_REQ, req.snonce, req.cnonce,
+                  req.index, 0, 0, req.mac);
+        ret = connect_finish(s, pch, ch->id, &req, &rep, &rej, deadline, err);
+        if (ret == 0) {
+            rcolo_mac(s->uri.token, RCOLO_MAC_DATA_REP, s->snonce, s->cnonce,
+                      req.index, rep.channels, rep.depth, want);
+            if (!rcolo_mac_equal(want, rep.mac)) {
+                ret = rcolo_set_error(err, -EACCES,
+                                      "data channel %u: the secondary did "
+                                      "not prove the session token",
+                                      index);
+            } else if (rep.channels != s->channels || rep.depth != s->depth) {
+                ret = rcolo_set_error(
+                    err, -EPROTO,
+                    "data channel %u: the secondary answered %u channels "
+                    "of depth %u (the session has %u of depth %u)",
+                    index, rep.channels, rep.depth, s->channels, s->depth);
+            }
+        }
     }
     if (ret) {
         pthread_mutex_lock(&s->core.lock);

@@ -13,12 +13,45 @@
 
 #define SCHEME "rdma-colo:"
 
+/*
+ * Copy @text for an error message with every token= value replaced by
+ * "***": errors end up in logs and in QEMU's query-migrate.
+ */
+static void redact(const char *text, char *out, size_t size)
+{
+    size_t o = 0;
+    const char *q = strchr(text, '?');
+    const char *p = text;
+
+    while (*p && o + 1 < size) {
+        bool opt_start = q && p > q && (p[-1] == '?' || p[-1] == '&');
+
+        if (opt_start && !strncmp(p, "token=", 6)) {
+            int n = snprintf(out + o, size - o, "token=***");
+            o += (size_t)n < size - o ? (size_t)n : size - o - 1;
+            p += 6 + strcspn(p + 6, "&");
+            continue;
+        }
+        out[o++] = *p++;
+    }
+    out[o] = '\0';
+}
+
 static int uri_fail(struct rcolo_error *err, const char *text, const char *what)
 {
+    char shown[84];
+
     /* The reason first: a long URI must not push it out of the message. */
+    redact(text, shown, sizeof(shown));
     return rcolo_set_error(err, -EINVAL,
                            "invalid rdma-colo URI: %s (in '%.80s%s')", what,
-                           text, strlen(text) > 80 ? "..." : "");
+                           shown, strlen(shown) > 80 ? "..." : "");
+}
+
+bool rcolo_host_is_loopback(const char *host)
+{
+    return !strncmp(host, "127.", 4) || !strcmp(host, "::1") ||
+           !strcmp(host, "localhost");
 }
 
 static bool parse_uint(const char *s, size_t len, unsigned long min,
@@ -59,7 +92,7 @@ static int parse_options(const char *text, const char *opts,
 {
     char msg[128];
     bool seen_channels = false, seen_depth = false, seen_token = false;
-    bool seen_timeout = false;
+    bool seen_timeout = false, seen_secret = false, seen_insecure = false;
     const char *p = opts;
 
     while (*p) {
@@ -118,10 +151,41 @@ static int parse_options(const char *text, const char *opts,
             memcpy(uri->token, val, vlen);
             uri->token[vlen] = '\0';
             seen_token = true;
+        } else if (klen == 6 && !memcmp(p, "secret", 6)) {
+            if (seen_secret || vlen == 0 || vlen > RCOLO_MAX_SECRET_ID ||
+                !((val[0] >= 'a' && val[0] <= 'z') ||
+                  (val[0] >= 'A' && val[0] <= 'Z'))) {
+                snprintf(msg, sizeof(msg),
+                         "secret must be given once, an object id of 1..%d "
+                         "characters starting with a letter",
+                         RCOLO_MAX_SECRET_ID);
+                return uri_fail(err, text, msg);
+            }
+            for (size_t i = 0; i < vlen; i++) {
+                if (!token_char_ok(val[i]) || val[i] == '~') {
+                    return uri_fail(err, text,
+                                    "secret may only contain A-Z a-z 0-9 . _ "
+                                    "-");
+                }
+            }
+            memcpy(uri->secret_id, val, vlen);
+            uri->secret_id[vlen] = '\0';
+            seen_secret = true;
+        } else if (klen == 8 && !memcmp(p, "insecure", 8)) {
+            bool on = vlen == 2 && !memcmp(val, "on", 2);
+            if (seen_insecure ||
+                !(on || (vlen == 3 && !memcmp(val, "off", 3)))) {
+                return uri_fail(err, text,
+                                "insecure must be given once, on or off");
+            }
+            if (on) {
+                uri->flags |= RCOLO_URI_INSECURE;
+            }
+            seen_insecure = true;
         } else {
             snprintf(msg, sizeof(msg),
-                     "unknown option '%.*s' (known: channels, depth, timeout, "
-                     "token)",
+                     "unknown option '%.*s' (known: channels, depth, "
+                     "insecure, secret, timeout, token)",
                      (int)klen, p);
             return uri_fail(err, text, msg);
         }
@@ -132,6 +196,9 @@ static int parse_options(const char *text, const char *opts,
         if (!*p) {
             return uri_fail(err, text, "trailing '&'");
         }
+    }
+    if (seen_token && seen_secret) {
+        return uri_fail(err, text, "give token= or secret=, not both");
     }
     return 0;
 }
@@ -229,9 +296,52 @@ int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size)
         n +=
             snprintf(buf + n, size - (size_t)n, "&timeout=%u", uri->timeout_ms);
     }
+    if (n >= 0 && (size_t)n < size && uri->secret_id[0]) {
+        n += snprintf(buf + n, size - (size_t)n, "&secret=%s", uri->secret_id);
+    }
+    if (n >= 0 && (size_t)n < size && (uri->flags & RCOLO_URI_INSECURE)) {
+        n += snprintf(buf + n, size - (size_t)n, "&insecure=on");
+    }
 
     if (n < 0 || (size_t)n >= size) {
         return -ENOSPC;
     }
     return n;
+}
+
+int rcolo_uri_check_auth(const struct rcolo_uri *uri, enum rcolo_role role,
+                         struct rcolo_error *err)
+{
+    if (uri->secret_id[0] && !uri->token[0]) {
+        return rcolo_set_error(err, -EINVAL,
+                               "secret=%s: the application must resolve the "
+                               "secret into the token (QEMU: -object "
+                               "secret,id=%s); this one did not",
+                               uri->secret_id, uri->secret_id);
+    }
+    if (uri->token[0] || (uri->flags & RCOLO_URI_INSECURE) ||
+        rcolo_host_is_loopback(uri->host)) {
+        return 0;
+    }
+    switch (role) {
+    case RCOLO_SECONDARY:
+        return rcolo_set_error(
+            err, -EACCES,
+            "refusing to listen on %s without a token: whoever reaches the "
+            "port could write into the COLO cache (give token= or secret=, "
+            "or insecure=on to accept that)",
+            uri->host);
+    case RCOLO_PRIMARY:
+        return rcolo_set_error(
+            err, -EACCES,
+            "refusing to connect to %s without a token: any host at that "
+            "address would receive guest memory (give token= or secret=, or "
+            "insecure=on to accept that)",
+            uri->host);
+    }
+    return rcolo_set_error(err, -EACCES,
+                           "refusing a session with %s without a token: the "
+                           "peer could not be authenticated (give token= or "
+                           "secret=, or insecure=on to accept that)",
+                           uri->host);
 }

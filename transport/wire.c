@@ -65,17 +65,59 @@ static uint64_t get64(const uint8_t **p)
     return be64toh(v);
 }
 
-void rcolo_token_hash(const char *token, uint8_t out[RCOLO_TOKEN_HASH_LEN])
+static const char *mac_label(enum rcolo_mac_kind kind)
 {
-    GChecksum *c = g_checksum_new(G_CHECKSUM_SHA256);
-    gsize len = RCOLO_TOKEN_HASH_LEN;
+    switch (kind) {
+    case RCOLO_MAC_CONTROL_REQ:
+        return "rdma-colo v2 control request";
+    case RCOLO_MAC_CONTROL_REP:
+        return "rdma-colo v2 control accept";
+    case RCOLO_MAC_DATA_REQ:
+        return "rdma-colo v2 data request";
+    case RCOLO_MAC_DATA_REP:
+        return "rdma-colo v2 data accept";
+    }
+    return "rdma-colo v2 ?";
+}
 
-    /* Domain-separate from other uses of the same secret. */
-    g_checksum_update(c, (const guchar *)"rdma-colo token v1", 18);
-    g_checksum_update(c, (const guchar *)(token ? token : ""),
-                      token ? strlen(token) : 0);
-    g_checksum_get_digest(c, out, &len);
-    g_checksum_free(c);
+void rcolo_mac(const char *token, enum rcolo_mac_kind kind,
+               const uint8_t snonce[RCOLO_NONCE_LEN],
+               const uint8_t cnonce[RCOLO_NONCE_LEN], uint16_t index,
+               uint16_t channels, uint16_t depth, uint8_t out[RCOLO_MAC_LEN])
+{
+    const char *label = mac_label(kind);
+    uint8_t msg[2 * RCOLO_NONCE_LEN + 6], *p = msg;
+    uint8_t digest[32];
+    gsize dlen = sizeof(digest);
+    const char *key = token ? token : "";
+    GHmac *h = g_hmac_new(G_CHECKSUM_SHA256, (const guchar *)key, strlen(key));
+
+    memcpy(p, snonce, RCOLO_NONCE_LEN);
+    p += RCOLO_NONCE_LEN;
+    memcpy(p, cnonce, RCOLO_NONCE_LEN);
+    p += RCOLO_NONCE_LEN;
+    put16(&p, index);
+    put16(&p, channels);
+    put16(&p, depth);
+    /* The label includes its NUL: no label is a prefix of another's
+     * input. */
+    g_hmac_update(h, (const guchar *)label, (gssize)strlen(label) + 1);
+    g_hmac_update(h, msg, sizeof(msg));
+    g_hmac_get_digest(h, digest, &dlen);
+    g_hmac_unref(h);
+    memcpy(out, digest, RCOLO_MAC_LEN);
+    memset(digest, 0, sizeof(digest));
+}
+
+bool rcolo_mac_equal(const uint8_t a[RCOLO_MAC_LEN],
+                     const uint8_t b[RCOLO_MAC_LEN])
+{
+    volatile uint8_t diff = 0;
+
+    for (unsigned i = 0; i < RCOLO_MAC_LEN; i++) {
+        diff |= a[i] ^ b[i];
+    }
+    return diff == 0;
 }
 
 /* ---------------------------------------------------------------- CM */
@@ -93,9 +135,12 @@ size_t rcolo_req_encode(const struct rcolo_req *r, uint8_t *buf, size_t size)
     put16(&p, r->index);
     put16(&p, r->channels);
     put16(&p, r->depth);
-    put64(&p, r->nonce);
-    memcpy(p, r->token_hash, RCOLO_REQ_HASH_BYTES);
-    p += RCOLO_REQ_HASH_BYTES;
+    memcpy(p, r->snonce, RCOLO_NONCE_LEN);
+    p += RCOLO_NONCE_LEN;
+    memcpy(p, r->cnonce, RCOLO_NONCE_LEN);
+    p += RCOLO_NONCE_LEN;
+    memcpy(p, r->mac, RCOLO_MAC_LEN);
+    p += RCOLO_MAC_LEN;
     return (size_t)(p - buf);
 }
 
@@ -104,37 +149,47 @@ enum rcolo_reject_reason rcolo_req_decode(const void *buf, size_t len,
 {
     const uint8_t *p = buf;
 
-    /* rdma_cm may pad private data with zeros: longer is fine. */
-    if (!buf || len < RCOLO_WIRE_REQ_LEN) {
-        return RCOLO_REJ_BAD_MAGIC;
-    }
-    if (get32(&p) != RCOLO_MAGIC) {
-        return RCOLO_REJ_BAD_MAGIC;
-    }
     memset(r, 0, sizeof(*r));
+    /* A version byte is all an older or newer peer needs to be told
+     * apart; rdma_cm may pad private data with zeros: longer is fine. */
+    if (!buf || len < 5 || get32(&p) != RCOLO_MAGIC) {
+        return RCOLO_REJ_BAD_MAGIC;
+    }
     r->version = get8(&p);
     if (r->version != RCOLO_PROTOCOL_VERSION) {
         return RCOLO_REJ_BAD_VERSION;
+    }
+    if (len < RCOLO_WIRE_REQ_LEN) {
+        return RCOLO_REJ_BAD_MAGIC;
     }
     uint8_t role = get8(&p);
     r->index = get16(&p);
     r->channels = get16(&p);
     r->depth = get16(&p);
-    r->nonce = get64(&p);
-    memcpy(r->token_hash, p, RCOLO_REQ_HASH_BYTES);
-    if (role == RCOLO_CONN_CONTROL) {
+    memcpy(r->snonce, p, RCOLO_NONCE_LEN);
+    p += RCOLO_NONCE_LEN;
+    memcpy(r->cnonce, p, RCOLO_NONCE_LEN);
+    p += RCOLO_NONCE_LEN;
+    memcpy(r->mac, p, RCOLO_MAC_LEN);
+    switch (role) {
+    case RCOLO_CONN_CONTROL:
         r->role = RCOLO_CONN_CONTROL;
         if (r->index != 0 || r->channels < 1 ||
             r->channels > RCOLO_MAX_CHANNELS || r->depth < 2 ||
             r->depth > RCOLO_MAX_DEPTH) {
             return RCOLO_REJ_BAD_PARAMS;
         }
-    } else if (role == RCOLO_CONN_DATA) {
+        break;
+    case RCOLO_CONN_DATA:
         r->role = RCOLO_CONN_DATA;
         if (r->index >= RCOLO_MAX_CHANNELS) {
             return RCOLO_REJ_BAD_CHANNEL;
         }
-    } else {
+        break;
+    case RCOLO_CONN_HELLO:
+        r->role = RCOLO_CONN_HELLO;
+        break;
+    default:
         return RCOLO_REJ_BAD_ROLE;
     }
     return RCOLO_REJ_NONE;
@@ -152,7 +207,8 @@ size_t rcolo_rep_encode(const struct rcolo_rep *r, uint8_t *buf, size_t size)
     put8(&p, 0);
     put16(&p, r->channels);
     put16(&p, r->depth);
-    put64(&p, r->nonce);
+    memcpy(p, r->mac, RCOLO_MAC_LEN);
+    p += RCOLO_MAC_LEN;
     return (size_t)(p - buf);
 }
 
@@ -166,7 +222,7 @@ int rcolo_rep_decode(const void *buf, size_t len, struct rcolo_rep *r)
     }
     r->channels = get16(&p);
     r->depth = get16(&p);
-    r->nonce = get64(&p);
+    memcpy(r->mac, p, RCOLO_MAC_LEN);
     if (r->channels < 1 || r->channels > RCOLO_MAX_CHANNELS || r->depth < 2 ||
         r->depth > RCOLO_MAX_DEPTH) {
         return -EPROTO;
@@ -174,7 +230,9 @@ int rcolo_rep_decode(const void *buf, size_t len, struct rcolo_rep *r)
     return 0;
 }
 
-size_t rcolo_rej_encode(enum rcolo_reject_reason why, uint8_t *buf, size_t size)
+size_t rcolo_rej_encode(enum rcolo_reject_reason why,
+                        const uint8_t snonce[RCOLO_NONCE_LEN], uint8_t *buf,
+                        size_t size)
 {
     uint8_t *p = buf;
 
@@ -185,22 +243,41 @@ size_t rcolo_rej_encode(enum rcolo_reject_reason why, uint8_t *buf, size_t size)
     put8(&p, RCOLO_PROTOCOL_VERSION);
     put8(&p, (uint8_t)why);
     put16(&p, 0);
+    if (snonce) {
+        memcpy(p, snonce, RCOLO_NONCE_LEN);
+    } else {
+        memset(p, 0, RCOLO_NONCE_LEN);
+    }
+    p += RCOLO_NONCE_LEN;
     return (size_t)(p - buf);
 }
 
-int rcolo_rej_decode(const void *buf, size_t len)
+int rcolo_rej_decode(const void *buf, size_t len, struct rcolo_rej *r)
 {
     const uint8_t *p = buf;
 
-    if (!buf || len < RCOLO_WIRE_REJ_LEN || get32(&p) != RCOLO_MAGIC) {
+    memset(r, 0, sizeof(*r));
+    if (!buf || len < RCOLO_WIRE_REJ_MIN || get32(&p) != RCOLO_MAGIC) {
         return -EPROTO;
     }
-    (void)get8(&p); /* any version may tell us why it refused */
-    uint8_t why = get8(&p);
-    if (why == RCOLO_REJ_NONE || why >= RCOLO_REJ__MAX) {
+    r->version = get8(&p);
+    r->reason = get8(&p);
+    if (r->reason == RCOLO_REJ_NONE || r->reason >= RCOLO_REJ__MAX) {
         return -EPROTO;
     }
-    return why;
+    if (r->reason == RCOLO_REJ_CHALLENGE) {
+        static const uint8_t zero[RCOLO_NONCE_LEN];
+
+        if (r->version != RCOLO_PROTOCOL_VERSION || len < RCOLO_WIRE_REJ_LEN) {
+            return -EPROTO;
+        }
+        (void)get16(&p);
+        memcpy(r->snonce, p, RCOLO_NONCE_LEN);
+        if (!memcmp(r->snonce, zero, RCOLO_NONCE_LEN)) {
+            return -EPROTO;
+        }
+    }
+    return 0;
 }
 
 const char *rcolo_reject_str(int reason)
@@ -211,7 +288,8 @@ const char *rcolo_reject_str(int reason)
     case RCOLO_REJ_BAD_VERSION:
         return "protocol version mismatch";
     case RCOLO_REJ_BAD_TOKEN:
-        return "wrong session token";
+        return "wrong session token (the proof of the token does not "
+               "verify)";
     case RCOLO_REJ_BAD_ROLE:
         return "unknown connection role";
     case RCOLO_REJ_BUSY:
@@ -219,11 +297,14 @@ const char *rcolo_reject_str(int reason)
     case RCOLO_REJ_BAD_CHANNEL:
         return "bad or duplicate channel index";
     case RCOLO_REJ_BAD_NONCE:
-        return "channel does not belong to the session";
+        return "stale, reused or unknown challenge (or a channel of "
+               "another session)";
     case RCOLO_REJ_NO_RESOURCES:
         return "secondary is out of resources";
     case RCOLO_REJ_BAD_PARAMS:
         return "channel count or depth out of range";
+    case RCOLO_REJ_CHALLENGE:
+        return "challenge (not an error)";
     default:
         return "unknown reason";
     }

@@ -5,7 +5,8 @@
  * (network order, as QEMU's multifd packets).  Decoders validate every field
  * against its limits before anything is used; see docs/protocol.md.
  *
- * This file is pure: no verbs, no allocation, no I/O, so the unit suite can
+ * This file is pure: no verbs, no I/O, no allocation but GLib's HMAC state in
+ * rcolo_mac (handshake only, never the data path), so the unit suite can
  * feed it truncated, oversized and garbage input.
  */
 #ifndef RCOLO_WIRE_H
@@ -24,38 +25,56 @@
 enum rcolo_conn_role {
     RCOLO_CONN_CONTROL = 1,
     RCOLO_CONN_DATA = 2,
+    RCOLO_CONN_HELLO = 3, /* asks for a challenge; always rejected */
 };
 
-#define RCOLO_TOKEN_HASH_LEN 32 /* SHA-256 of the URI token */
-
 /*
- * REQ (primary -> secondary, 40 bytes; RoCE rdma_cm allows 56):
+ * The handshake (protocol version 2; docs/protocol.md has the sequence).
+ * Every secret-bearing field is a truncated HMAC-SHA256 keyed with the
+ * session token, so nothing on the wire can be replayed into another
+ * connection:
+ *
+ *   1. primary  -> HELLO REQ                      (no QP)
+ *      secondary <- REJ CHALLENGE(snonce)          fresh, single use
+ *   2. primary  -> CONTROL REQ(snonce, cnonce, mac_req)
+ *      secondary checks the challenge is its own and unused, then the
+ *      MAC in constant time, and only then allocates anything;
+ *      secondary <- REP(mac_rep)                   proves the secondary
+ *   3. primary  -> DATA REQ i (snonce, cnonce, mac_data(i))
+ *      secondary <- REP(mac_data_rep(i))
+ *
+ * REQ (primary -> secondary, RCOLO_WIRE_REQ_LEN = 56, the most rdma_cm
+ * carries over IB/RoCE):
  *   magic u32, version u8, role u8, index u16, channels u16, depth u16,
- *   nonce u64, token hash (first RCOLO_REQ_HASH_BYTES bytes)
- * REP (secondary -> primary on accept, 18 bytes):
- *   magic u32, version u8, status u8, channels u16, depth u16, nonce u64
- * REJ (secondary -> primary, 8 bytes):
- *   magic u32, version u8, reason u8, reserved u16
+ *   snonce[12], cnonce[12], mac[20]
+ * REP (secondary -> primary on accept, 30 bytes):
+ *   magic u32, version u8, status u8, channels u16, depth u16, mac[20]
+ * REJ (secondary -> primary, 20 bytes):
+ *   magic u32, version u8, reason u8, reserved u16, snonce[12] (the
+ *   challenge for RCOLO_REJ_CHALLENGE, else zero)
  */
-#define RCOLO_REQ_HASH_BYTES 20
-#define RCOLO_WIRE_REQ_LEN   (20 + RCOLO_REQ_HASH_BYTES)
-#define RCOLO_WIRE_REP_LEN   18
+#define RCOLO_NONCE_LEN    12
+#define RCOLO_MAC_LEN      20 /* HMAC-SHA256, truncated (RFC 2104 sec. 5) */
+#define RCOLO_WIRE_REQ_LEN (12 + 2 * RCOLO_NONCE_LEN + RCOLO_MAC_LEN)
+#define RCOLO_WIRE_REP_LEN (10 + RCOLO_MAC_LEN)
+#define RCOLO_WIRE_REJ_LEN (8 + RCOLO_NONCE_LEN)
+#define RCOLO_WIRE_REJ_MIN 8 /* what every version's REJ starts with */
 
 /* REJ reasons (secondary -> primary). */
 enum rcolo_reject_reason {
     RCOLO_REJ_NONE = 0,
     RCOLO_REJ_BAD_MAGIC = 1,
     RCOLO_REJ_BAD_VERSION = 2,
-    RCOLO_REJ_BAD_TOKEN = 3,
+    RCOLO_REJ_BAD_TOKEN = 3, /* the MAC does not verify */
     RCOLO_REJ_BAD_ROLE = 4,
-    RCOLO_REJ_BUSY = 5,        /* a control connection is already up */
-    RCOLO_REJ_BAD_CHANNEL = 6, /* index out of range or already connected */
-    RCOLO_REJ_BAD_NONCE = 7,
+    RCOLO_REJ_BUSY = 5,         /* a control connection is already up */
+    RCOLO_REJ_BAD_CHANNEL = 6,  /* index out of range or already connected */
+    RCOLO_REJ_BAD_NONCE = 7,    /* not our challenge, used, or expired */
     RCOLO_REJ_NO_RESOURCES = 8, /* region registration or QP failed */
     RCOLO_REJ_BAD_PARAMS = 9,   /* channels/depth out of range */
+    RCOLO_REJ_CHALLENGE = 10,   /* answer to HELLO: not an error */
     RCOLO_REJ__MAX
 };
-#define RCOLO_WIRE_REJ_LEN 8
 
 /* The whole REQ is encoded by hand; the struct is only the decoded view. */
 struct rcolo_req {
@@ -64,31 +83,62 @@ struct rcolo_req {
     uint16_t index;
     uint16_t channels;
     uint16_t depth;
-    uint64_t nonce;
-    uint8_t token_hash[RCOLO_TOKEN_HASH_LEN];
+    uint8_t snonce[RCOLO_NONCE_LEN];
+    uint8_t cnonce[RCOLO_NONCE_LEN];
+    uint8_t mac[RCOLO_MAC_LEN];
 };
 
 struct rcolo_rep {
     uint16_t channels;
     uint16_t depth;
-    uint64_t nonce;
+    uint8_t mac[RCOLO_MAC_LEN];
 };
 
-/* Token hash: SHA-256 of the token bytes. */
-void rcolo_token_hash(const char *token, uint8_t out[RCOLO_TOKEN_HASH_LEN]);
+struct rcolo_rej {
+    uint8_t version; /* the refuser's protocol version */
+    uint8_t reason;  /* enum rcolo_reject_reason, never NONE */
+    uint8_t snonce[RCOLO_NONCE_LEN];
+};
+
+/* What each MAC proves; each kind is domain-separated from the others. */
+enum rcolo_mac_kind {
+    RCOLO_MAC_CONTROL_REQ = 1, /* primary: knows the token, these params */
+    RCOLO_MAC_CONTROL_REP,     /* secondary: knows it, grants these */
+    RCOLO_MAC_DATA_REQ,        /* primary: channel index of this session */
+    RCOLO_MAC_DATA_REP,        /* secondary: accepts that channel */
+};
+
+/*
+ * HMAC-SHA256(token, label(kind) | snonce | cnonce | index | channels |
+ * depth), truncated to RCOLO_MAC_LEN.  @token is NUL-terminated (an empty
+ * token still yields a MAC, which then proves nothing).
+ */
+void rcolo_mac(const char *token, enum rcolo_mac_kind kind,
+               const uint8_t snonce[RCOLO_NONCE_LEN],
+               const uint8_t cnonce[RCOLO_NONCE_LEN], uint16_t index,
+               uint16_t channels, uint16_t depth, uint8_t out[RCOLO_MAC_LEN]);
+/* Constant-time comparison: the time does not depend on where @a and @b
+ * differ. */
+bool rcolo_mac_equal(const uint8_t a[RCOLO_MAC_LEN],
+                     const uint8_t b[RCOLO_MAC_LEN]);
 
 size_t rcolo_req_encode(const struct rcolo_req *r, uint8_t *buf, size_t size);
-/* Returns RCOLO_REJ_NONE, or the reason the REQ must be rejected. */
+/* Structure and ranges only (the MAC and nonces are the session's to
+ * check).  Returns RCOLO_REJ_NONE, or the reason the REQ must be
+ * rejected. */
 enum rcolo_reject_reason rcolo_req_decode(const void *buf, size_t len,
                                           struct rcolo_req *r);
 
 size_t rcolo_rep_encode(const struct rcolo_rep *r, uint8_t *buf, size_t size);
 int rcolo_rep_decode(const void *buf, size_t len, struct rcolo_rep *r);
 
-size_t rcolo_rej_encode(enum rcolo_reject_reason why, uint8_t *buf,
+size_t rcolo_rej_encode(enum rcolo_reject_reason why,
+                        const uint8_t snonce[RCOLO_NONCE_LEN], uint8_t *buf,
                         size_t size);
-/* Returns the reason, or -EPROTO if @buf is not ours. */
-int rcolo_rej_decode(const void *buf, size_t len);
+/* Returns 0, or -EPROTO if @buf is not an rdma-colo REJ (e.g. the kernel's
+ * own reject when nobody listens).  Any version may say why it refused; a
+ * CHALLENGE must carry its nonce. */
+int rcolo_rej_decode(const void *buf, size_t len, struct rcolo_rej *r);
 const char *rcolo_reject_str(int reason);
 
 /* --- messages (SEND/RECV) --------------------------------------------- */

@@ -9,6 +9,7 @@
 #include "qapi/error.h"
 #include "io/task.h"
 #include "qemu/cutils.h"
+#include "crypto/secret_common.h"
 #include "system/memory.h"
 #include "channel.h"
 #include "migration.h"
@@ -19,6 +20,12 @@
 #include "trace.h"
 
 /* -------------------------------------------------------- addresses */
+
+/* The token is copied only where it is needed, and wiped after use. */
+static void rdma_colo_forget_uri(struct rcolo_uri *uri)
+{
+    explicit_bzero(uri->token, sizeof(uri->token));
+}
 
 bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
 {
@@ -40,6 +47,11 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
                    "%d ms ends the session", RCOLO_DEFAULT_TIMEOUT_MS);
         return false;
     }
+    if (u.flags & RCOLO_URI_INSECURE) {
+        error_setg(errp, "rdma-colo: QEMU always authenticates the peer: "
+                   "give token= or secret=ID (-object secret,id=ID,...)");
+        return false;
+    }
     addr->host = g_strdup(u.host);
     addr->port = g_strdup(u.port);
     addr->has_depth = true;
@@ -47,7 +59,35 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
     if (u.token[0]) {
         addr->token = g_strdup(u.token);
     }
+    if (u.secret_id[0]) {
+        addr->secret = g_strdup(u.secret_id);
+    }
+    rdma_colo_forget_uri(&u);
     return true;
+}
+
+/* secret=ID: the token is the secret object's (UTF-8, no NUL) content. */
+static bool rdma_colo_resolve_secret(struct rcolo_uri *uri, Error **errp)
+{
+    g_autofree char *data = NULL;
+    size_t len;
+
+    if (!uri->secret_id[0]) {
+        return true;
+    }
+    data = qcrypto_secret_lookup_as_utf8(uri->secret_id, errp);
+    if (!data) {
+        return false;
+    }
+    len = strlen(data);
+    if (len == 0 || len > RCOLO_MAX_TOKEN) {
+        error_setg(errp, "rdma-colo: secret '%s' must hold 1..%d bytes",
+                   uri->secret_id, RCOLO_MAX_TOKEN);
+    } else {
+        memcpy(uri->token, data, len + 1);
+    }
+    explicit_bzero(data, len);
+    return len && len <= RCOLO_MAX_TOKEN;
 }
 
 /* Both address forms go through the library's one URI validator. */
@@ -63,15 +103,24 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
 
     /* Nothing of the QAPI form may smuggle in URI syntax. */
     if (strpbrk(addr->host, "?&=/") || strpbrk(addr->port, "?&=/") ||
-        (addr->token && addr->token[strspn(addr->token, token_chars)])) {
+        (addr->token && addr->token[strspn(addr->token, token_chars)]) ||
+        (addr->secret && addr->secret[strspn(addr->secret, token_chars)])) {
         error_setg(errp, "rdma-colo: invalid address: host and port must not "
-                   "contain '?&=/', the token only [A-Za-z0-9._~-]");
+                   "contain '?&=/', the token and secret id only "
+                   "[A-Za-z0-9._~-]");
         return false;
     }
-    text = g_strdup_printf("rdma-colo:%s%s%s:%s?channels=%u%s%s", v6 ? "[" : "",
-                           addr->host, v6 ? "]" : "", addr->port, channels,
+    if (addr->token && addr->secret) {
+        error_setg(errp, "rdma-colo: give token or secret, not both");
+        return false;
+    }
+    text = g_strdup_printf("rdma-colo:%s%s%s:%s?channels=%u%s%s%s%s",
+                           v6 ? "[" : "", addr->host, v6 ? "]" : "",
+                           addr->port, channels,
                            addr->token ? "&token=" : "",
-                           addr->token ? addr->token : "");
+                           addr->token ? addr->token : "",
+                           addr->secret ? "&secret=" : "",
+                           addr->secret ? addr->secret : "");
     if (addr->has_depth) {
         g_autofree char *base = g_steal_pointer(&text);
 
@@ -79,9 +128,11 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
     }
     if (rcolo_uri_parse(text, uri, &err) < 0) {
         error_setg(errp, "%s", err.message);
+        explicit_bzero(text, strlen(text));
         return false;
     }
-    return true;
+    explicit_bzero(text, strlen(text));
+    return rdma_colo_resolve_secret(uri, errp);
 }
 
 static unsigned rdma_colo_data_channels(void)
@@ -114,6 +165,31 @@ bool rdma_colo_caps_check(bool *caps, Error **errp)
         return false;
     }
     return true;
+}
+
+/*
+ * Before migrate or migrate-incoming changes any state: the capabilities,
+ * and an address that can be authenticated (its secret resolves; a token
+ * off loopback).  A failed migrate-incoming cannot be retried.
+ */
+bool rdma_colo_check(RdmaColoAddress *addr, Error **errp)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err;
+    bool ok;
+
+    if (!rdma_colo_caps_check(migrate_get_current()->capabilities, errp) ||
+        !rdma_colo_addr_to_uri(addr, 1, &uri, errp)) {
+        return false;
+    }
+    ok = rcolo_uri_check_auth(&uri, 0, &err) == 0;
+    if (!ok) {
+        error_setg(errp, "rdma-colo: a token is needed to reach %s: give "
+                   "secret=ID (with -object secret,id=ID,file=...) or token=",
+                   addr->host);
+    }
+    rdma_colo_forget_uri(&uri);
+    return ok;
 }
 
 static bool rdma_colo_require_colo(Error **errp)
@@ -211,10 +287,12 @@ void rdma_colo_start_incoming_migration(RdmaColoAddress *addr, Error **errp)
         return;
     }
     if (rcolo_listen(&uri, &rs, &err) < 0) {
+        rdma_colo_forget_uri(&uri);
         error_setg(errp, "%s", err.message);
         rcolo_session_destroy(rs);
         return;
     }
+    rdma_colo_forget_uri(&uri);
     trace_rdma_colo_listen(uri.host, rcolo_session_port(rs));
 
     sess = rdma_colo_session_new(rs, RCOLO_SECONDARY);
@@ -236,6 +314,7 @@ static void rdma_colo_connect_free(gpointer opaque)
 {
     RdmaColoConnect *c = opaque;
 
+    rdma_colo_forget_uri(&c->uri);
     g_free(c->host);
     g_free(c);
 }

@@ -23,6 +23,7 @@
 bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr,
                          Error **errp);
 bool rdma_colo_caps_check(bool *caps, Error **errp);
+bool rdma_colo_check(RdmaColoAddress *addr, Error **errp);
 void rdma_colo_start_incoming_migration(RdmaColoAddress *addr, Error **errp);
 void rdma_colo_start_outgoing_migration(MigrationState *s,
                                         RdmaColoAddress *addr, Error **errp);

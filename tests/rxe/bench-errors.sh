@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
 # rdma-colo-bench's failure modes, each must end in one clear error line and
-# a non-zero exit, never a hang: memlock too low, nobody listening, wrong
-# token, the secondary killed mid-run.  Runs under scripts/with-rxe.
+# a non-zero exit, never a hang: memlock too low, nobody listening, no
+# token, wrong token, the secondary killed mid-run.  Runs under scripts/with-rxe.
 set -u
 bench=$(realpath "${1:?usage: bench-errors.sh RDMA-COLO-BENCH}")
 addr=${RDMA_COLO_TEST_ADDR:?run under scripts/with-rxe}
@@ -26,9 +26,14 @@ out=$( (ulimit -l 64; setpriv --reuid=65534 --regid=65534 --clear-groups \
     timeout 60 "$bench" --transport rdma "${small[@]}") 2>&1)
 expect "memlock too low" $? "$out" "locked-memory limit is 64 KiB.*ulimit -l"
 
-out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9" \
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9?token=t" \
     --transport rdma "${small[@]}" 2>&1)
 expect "peer unreachable" $? "$out" "refused \(nobody listening there\?\)"
+
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9" \
+    --transport rdma "${small[@]}" 2>&1)
+expect "no token on a fabric address" $? "$out" \
+    "refusing to connect to $addr without a token"
 
 port=$((30000 + $$ % 20000))
 timeout 60 "$bench" --role secondary --uri "rdma-colo:$addr:$port?token=right" \
@@ -42,13 +47,13 @@ kill $sec 2>/dev/null
 wait $sec 2>/dev/null
 
 port=$((port + 1))
-"$bench" --role secondary --uri "rdma-colo:$addr:$port" --transport rdma \
+"$bench" --role secondary --uri "rdma-colo:$addr:$port?token=k" --transport rdma \
     --size 64M --dirty 8M --checkpoints 1000 --quiet >/dev/null 2>&1 &
 sec=$!
 sleep 2
 ( sleep 4; kill -9 $sec ) &
 start=$(date +%s)
-out=$(timeout 120 "$bench" --role primary --uri "rdma-colo:$addr:$port" \
+out=$(timeout 120 "$bench" --role primary --uri "rdma-colo:$addr:$port?token=k" \
     --transport rdma --size 64M --dirty 8M --checkpoints 1000 --quiet 2>&1)
 rc=$?
 expect "secondary killed mid-run ($(( $(date +%s) - start )) s)" $rc "$out" \

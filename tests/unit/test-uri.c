@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -159,6 +160,100 @@ static void test_format_roundtrip(void **state)
     assert_int_equal(rcolo_uri_format(&u, buf, 10), -ENOSPC);
 }
 
+static void test_secret_and_insecure(void **state)
+{
+    struct rcolo_uri u;
+    char buf[300];
+
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:h:1?secret=sec0&insecure=off", &u, NULL), 0);
+    assert_string_equal(u.secret_id, "sec0");
+    assert_string_equal(u.token, "");
+    assert_int_equal(u.flags, 0);
+    assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "rdma-colo:h:1?channels=4&depth=64&secret=sec0");
+    assert_int_equal(rcolo_uri_parse("rdma-colo:h:1?insecure=on", &u, NULL), 0);
+    assert_int_equal(u.flags, RCOLO_URI_INSECURE);
+    assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "rdma-colo:h:1?channels=4&depth=64&insecure=on");
+
+    bad("rdma-colo:h:1?secret=a&token=b", "not both");
+    bad("rdma-colo:h:1?token=b&secret=a", "not both");
+    bad("rdma-colo:h:1?secret=1abc", "starting with a letter");
+    bad("rdma-colo:h:1?secret=", "starting with a letter");
+    bad("rdma-colo:h:1?secret=a~b", "secret may only");
+    bad("rdma-colo:h:1?secret=a&secret=a", "given once");
+    bad("rdma-colo:h:1?secret=a234567890123456789012345678901234567890",
+        "1..39");
+    bad("rdma-colo:h:1?insecure=yes", "on or off");
+    bad("rdma-colo:h:1?insecure=on&insecure=on", "given once");
+}
+
+/* The library refuses a session nobody authenticates, before it touches a
+ * device (so this runs without RDMA). */
+static void test_refuses_no_token(void **state)
+{
+    struct rcolo_uri u;
+    struct rcolo_session *s = (void *)1;
+    struct rcolo_error err = {0};
+
+    assert_int_equal(rcolo_uri_parse("rdma-colo:192.0.2.1:9", &u, NULL), 0);
+    assert_int_equal(rcolo_listen(&u, &s, &err), -EACCES);
+    assert_null(s);
+    assert_non_null(strstr(err.message, "refusing to listen on 192.0.2.1"));
+    assert_int_equal(rcolo_connect(&u, 0, &s, &err), -EACCES);
+    assert_non_null(strstr(err.message, "refusing to connect to 192.0.2.1"));
+    printf("refused without a token: %s\n", err.message);
+    assert_int_equal(rcolo_uri_check_auth(&u, 0, &err), -EACCES);
+    assert_non_null(strstr(err.message, "refusing a session with"));
+    u.flags = RCOLO_URI_INSECURE;
+    assert_int_equal(rcolo_uri_check_auth(&u, RCOLO_PRIMARY, &err), 0);
+    u.flags = 0;
+    strcpy(u.token, "t");
+    assert_int_equal(rcolo_uri_check_auth(&u, RCOLO_SECONDARY, &err), 0);
+
+    /* secret= must be resolved by the application first */
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:192.0.2.1:9?secret=s1", &u, NULL), 0);
+    assert_int_equal(rcolo_listen(&u, &s, &err), -EINVAL);
+    assert_non_null(strstr(err.message, "must resolve"));
+
+    /* loopback and insecure=on pass this check (and fail later, here
+     * where there is no device, for another reason) */
+    assert_int_equal(rcolo_uri_parse("rdma-colo:127.0.0.1:9", &u, NULL), 0);
+    assert_int_not_equal(rcolo_listen(&u, &s, &err), -EACCES);
+    rcolo_session_destroy(s);
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:192.0.2.1:9?insecure=on", &u, NULL), 0);
+    assert_int_not_equal(rcolo_connect(&u, 0, &s, &err), -EACCES);
+    rcolo_session_destroy(s);
+}
+
+/* No error message ever contains the token. */
+static void test_token_redacted(void **state)
+{
+    static const char *texts[] = {
+        "rdma-colo:h:1?token=Sup3rS3cret&depth=1",
+        "rdma-colo:h:1?depth=8&token=Sup3rS3cret&bogus=1",
+        "rdma-colo:h:1?token=Sup3rS3cret&token=Sup3rS3cret",
+        "rdma-colo:h:1?token=Sup3rS3cret&secret=x",
+        "rdma-colo:h:x?token=Sup3rS3cret",
+        "rdma-colo:h:1?token=Sup3rS3cret&",
+    };
+
+    for (unsigned i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        struct rcolo_uri u;
+        struct rcolo_error err = {0};
+
+        assert_int_equal(rcolo_uri_parse(texts[i], &u, &err), -EINVAL);
+        if (strstr(err.message, "Sup3r") || !strstr(err.message, "token=***")) {
+            fail_msg("'%s' gave '%s'", texts[i], err.message);
+        }
+    }
+    printf("token redacted in %zu error messages\n",
+           sizeof(texts) / sizeof(texts[0]));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -172,6 +267,9 @@ int main(void)
         cmocka_unit_test(test_long_token),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_format_roundtrip),
+        cmocka_unit_test(test_secret_and_insecure),
+        cmocka_unit_test(test_refuses_no_token),
+        cmocka_unit_test(test_token_redacted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

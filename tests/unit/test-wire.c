@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,9 +29,13 @@ static struct rcolo_req sample_req(void)
         .index = 0,
         .channels = 4,
         .depth = 64,
-        .nonce = 0x0102030405060708ull,
     };
-    rcolo_token_hash("tok", r.token_hash);
+    for (unsigned i = 0; i < RCOLO_NONCE_LEN; i++) {
+        r.snonce[i] = (uint8_t)i;
+        r.cnonce[i] = (uint8_t)(RCOLO_NONCE_LEN + i);
+    }
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, r.index,
+              r.channels, r.depth, r.mac);
     return r;
 }
 
@@ -41,18 +46,25 @@ static void test_req_roundtrip(void **state)
     size_t n = rcolo_req_encode(&r, buf, sizeof(buf));
 
     assert_int_equal(n, RCOLO_WIRE_REQ_LEN);
-    assert_true(n <= 56); /* RoCE rdma_cm private data limit */
+    assert_true(n <= 56); /* IB/RoCE rdma_cm private data limit */
     assert_int_equal(rcolo_req_decode(buf, n, &d), RCOLO_REJ_NONE);
     assert_int_equal(d.role, RCOLO_CONN_CONTROL);
     assert_int_equal(d.channels, 4);
     assert_int_equal(d.depth, 64);
-    assert_true(d.nonce == r.nonce);
-    assert_memory_equal(d.token_hash, r.token_hash, RCOLO_REQ_HASH_BYTES);
+    assert_memory_equal(d.snonce, r.snonce, RCOLO_NONCE_LEN);
+    assert_memory_equal(d.cnonce, r.cnonce, RCOLO_NONCE_LEN);
+    assert_memory_equal(d.mac, r.mac, RCOLO_MAC_LEN);
     /* rdma_cm pads private data: trailing zeros are accepted */
     memset(buf + n, 0, sizeof(buf) - n);
-    assert_int_equal(rcolo_req_decode(buf, 56, &d), RCOLO_REJ_NONE);
+    assert_int_equal(rcolo_req_decode(buf, sizeof(buf), &d), RCOLO_REJ_NONE);
     /* encoding into a too-small buffer writes nothing */
     assert_int_equal(rcolo_req_encode(&r, buf, n - 1), 0);
+    /* HELLO: no parameters to check */
+    r = (struct rcolo_req){.version = RCOLO_PROTOCOL_VERSION,
+                           .role = RCOLO_CONN_HELLO};
+    n = rcolo_req_encode(&r, buf, sizeof(buf));
+    assert_int_equal(rcolo_req_decode(buf, n, &d), RCOLO_REJ_NONE);
+    assert_int_equal(d.role, RCOLO_CONN_HELLO);
 }
 
 static void test_req_rejects(void **state)
@@ -68,6 +80,10 @@ static void test_req_rejects(void **state)
     buf[0] ^= 0xff;
     buf[4] = RCOLO_PROTOCOL_VERSION + 1;
     assert_int_equal(rcolo_req_decode(buf, n, &d), RCOLO_REJ_BAD_VERSION);
+    /* a version 1 REQ (40 bytes) is told apart by its version alone */
+    buf[4] = 1;
+    assert_int_equal(rcolo_req_decode(buf, 40, &d), RCOLO_REJ_BAD_VERSION);
+    assert_int_equal(rcolo_req_decode(buf, 5, &d), RCOLO_REJ_BAD_VERSION);
     buf[4] = RCOLO_PROTOCOL_VERSION;
     buf[5] = 7; /* role */
     assert_int_equal(rcolo_req_decode(buf, n, &d), RCOLO_REJ_BAD_ROLE);
@@ -86,47 +102,102 @@ static void test_req_rejects(void **state)
     assert_int_equal(rcolo_req_decode(buf, n, &d), RCOLO_REJ_BAD_CHANNEL);
 }
 
-static void test_token_hash(void **state)
+static void hex(const char *s, uint8_t *out, size_t n)
 {
-    uint8_t a[RCOLO_TOKEN_HASH_LEN], b[RCOLO_TOKEN_HASH_LEN];
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        assert_int_equal(sscanf(s + 2 * i, "%2x", &v), 1);
+        out[i] = (uint8_t)v;
+    }
+}
 
-    rcolo_token_hash("alpha", a);
-    rcolo_token_hash("alpha", b);
-    assert_memory_equal(a, b, sizeof(a));
-    rcolo_token_hash("alphb", b);
-    assert_memory_not_equal(a, b, RCOLO_REQ_HASH_BYTES);
-    rcolo_token_hash("", b);
-    rcolo_token_hash(NULL, a);
-    assert_memory_equal(a, b, sizeof(a));
+static void test_mac(void **state)
+{
+    struct rcolo_req r = sample_req();
+    uint8_t want[RCOLO_MAC_LEN], a[RCOLO_MAC_LEN], b[RCOLO_MAC_LEN];
+
+    /* Known answers from an independent HMAC (Python's hmac module):
+     * HMAC-SHA256(key, label NUL | snonce | cnonce | index | channels |
+     * depth), first 20 bytes. */
+    hex("a56299364d769b169429f95b1a1ff203ac0ed744", want, RCOLO_MAC_LEN);
+    assert_memory_equal(r.mac, want, RCOLO_MAC_LEN);
+    rcolo_mac("", RCOLO_MAC_DATA_REQ, r.snonce, r.cnonce, 3, 0, 0, a);
+    hex("39c546cb0f1ab528d81f41ad5140266e036f5904", want, RCOLO_MAC_LEN);
+    assert_memory_equal(a, want, RCOLO_MAC_LEN);
+    rcolo_mac(NULL, RCOLO_MAC_DATA_REQ, r.snonce, r.cnonce, 3, 0, 0, b);
+    assert_memory_equal(a, b, RCOLO_MAC_LEN);
+
+    /* Every input and the kind change the MAC. */
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REP, r.snonce, r.cnonce, 0, 4, 64, a);
+    assert_false(rcolo_mac_equal(a, r.mac));
+    rcolo_mac("tol", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 0, 4, 64, a);
+    assert_false(rcolo_mac_equal(a, r.mac));
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.cnonce, r.snonce, 0, 4, 64, a);
+    assert_false(rcolo_mac_equal(a, r.mac));
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 0, 4, 63, a);
+    assert_false(rcolo_mac_equal(a, r.mac));
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 1, 4, 64, a);
+    assert_false(rcolo_mac_equal(a, r.mac));
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 0, 4, 64, a);
+    assert_true(rcolo_mac_equal(a, r.mac));
+    /* a difference in any byte is seen */
+    for (unsigned i = 0; i < RCOLO_MAC_LEN; i++) {
+        memcpy(b, a, RCOLO_MAC_LEN);
+        b[i] ^= 0x80;
+        assert_false(rcolo_mac_equal(a, b));
+    }
 }
 
 static void test_rep_rej(void **state)
 {
-    struct rcolo_rep r = {.channels = 8, .depth = 32, .nonce = 42}, d;
-    uint8_t buf[32];
-    size_t n = rcolo_rep_encode(&r, buf, sizeof(buf));
+    struct rcolo_rep r = {.channels = 8, .depth = 32}, d;
+    struct rcolo_rej j;
+    uint8_t buf[32], nonce[RCOLO_NONCE_LEN];
+    size_t n;
 
+    memset(r.mac, 0xa5, sizeof(r.mac));
+    n = rcolo_rep_encode(&r, buf, sizeof(buf));
     assert_int_equal(n, RCOLO_WIRE_REP_LEN);
     assert_int_equal(rcolo_rep_decode(buf, n, &d), 0);
     assert_int_equal(d.channels, 8);
     assert_int_equal(d.depth, 32);
-    assert_true(d.nonce == 42);
+    assert_memory_equal(d.mac, r.mac, RCOLO_MAC_LEN);
     assert_int_equal(rcolo_rep_decode(buf, n - 1, &d), -EPROTO);
-    buf[9] = 0; /* channels = 0 */
+    buf[9] = 0; /* depth = 0 */
     buf[8] = 0;
     assert_int_equal(rcolo_rep_decode(buf, n, &d), -EPROTO);
 
+    for (unsigned i = 0; i < RCOLO_NONCE_LEN; i++) {
+        nonce[i] = (uint8_t)(i + 1);
+    }
     for (int why = 1; why < RCOLO_REJ__MAX; why++) {
-        n = rcolo_rej_encode(why, buf, sizeof(buf));
+        n = rcolo_rej_encode(why, why == RCOLO_REJ_CHALLENGE ? nonce : NULL,
+                             buf, sizeof(buf));
         assert_int_equal(n, RCOLO_WIRE_REJ_LEN);
-        assert_int_equal(rcolo_rej_decode(buf, n), why);
+        assert_int_equal(rcolo_rej_decode(buf, n, &j), 0);
+        assert_int_equal(j.reason, why);
+        assert_int_equal(j.version, RCOLO_PROTOCOL_VERSION);
         assert_string_not_equal(rcolo_reject_str(why), "unknown reason");
     }
-    assert_int_equal(rcolo_rej_decode(buf, 3), -EPROTO);
+    assert_memory_equal(j.snonce, nonce, RCOLO_NONCE_LEN);
+    /* a challenge must carry its nonce */
+    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_MIN, &j), -EPROTO);
+    n = rcolo_rej_encode(RCOLO_REJ_CHALLENGE, NULL, buf, sizeof(buf));
+    assert_int_equal(rcolo_rej_decode(buf, n, &j), -EPROTO);
+    /* a version 1 REJ (8 bytes) still says why */
+    n = rcolo_rej_encode(RCOLO_REJ_BAD_VERSION, NULL, buf, sizeof(buf));
+    buf[4] = 1;
+    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_MIN, &j), 0);
+    assert_int_equal(j.reason, RCOLO_REJ_BAD_VERSION);
+    assert_int_equal(j.version, 1);
+    assert_int_equal(rcolo_rej_decode(buf, 3, &j), -EPROTO);
     buf[5] = RCOLO_REJ__MAX;
-    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_LEN), -EPROTO);
+    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_LEN, &j), -EPROTO);
+    buf[5] = 0;
+    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_LEN, &j), -EPROTO);
+    buf[5] = RCOLO_REJ_BUSY;
     buf[0] = 0; /* someone else's reject (e.g. no listener) */
-    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_LEN), -EPROTO);
+    assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_LEN, &j), -EPROTO);
 }
 
 /* --------------------------------------------------------- descriptors */
@@ -443,7 +514,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_req_roundtrip),
         cmocka_unit_test(test_req_rejects),
-        cmocka_unit_test(test_token_hash),
+        cmocka_unit_test(test_mac),
         cmocka_unit_test(test_rep_rej),
         cmocka_unit_test(test_desc_roundtrip),
         cmocka_unit_test(test_desc_limits),

@@ -1,0 +1,478 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * The connection handshake against hostile peers, on real verbs (run under
+ * scripts/with-rxe).  Each case prints what it sent and what came back.
+ *
+ * Part 1, hostile primaries: a raw rdma_cm client sends hand-made REQs to a
+ * real secondary (this process's library session): garbage, a version 1
+ * REQ, invented and reused challenges, a wrong-token proof, parameters
+ * changed after the proof, data channels of no session, with a wrong proof,
+ * out of range or duplicate, a second primary, and a replay of the real
+ * primary's control REQ.  Every one must be refused with the right reason,
+ * and the secondary must stay healthy: a real primary connects in the
+ * middle and fences before and after.
+ *
+ * Part 2, hostile secondaries: a raw rdma_cm listener plays a secondary
+ * that accepts a HELLO, and one that answers with a proof made with another
+ * token; the library's primary must refuse both with a clear error.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "internal.h" /* the secondary's nonces, to forge channel REQs */
+
+#define TOKEN      "handshake-test"
+#define CHANNELS   2
+#define TIMEOUT_MS 20000
+#define REGION_LEN (4u << 20)
+
+#define FAIL(...)                                                              \
+    do {                                                                       \
+        fprintf(stderr, "test-handshake: FAIL at %s:%d: ", __FILE__,           \
+                __LINE__);                                                     \
+        fprintf(stderr, __VA_ARGS__);                                          \
+        fprintf(stderr, "\n");                                                 \
+        exit(1);                                                               \
+    } while (0)
+
+#define CHECK(cond, ...)                                                       \
+    do {                                                                       \
+        if (!(cond)) {                                                         \
+            FAIL(__VA_ARGS__);                                                 \
+        }                                                                      \
+    } while (0)
+
+static const char *addr;
+static unsigned cases;
+
+static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
+{
+    char text[256];
+    struct rcolo_error err = {0};
+
+    snprintf(text, sizeof(text), "rdma-colo:%s:%s?channels=%d&token=%s", addr,
+             port, CHANNELS, token);
+    CHECK(rcolo_uri_parse(text, uri, &err) == 0, "%s", err.message);
+}
+
+/* ------------------------------------------------------- raw client */
+
+struct answer {
+    enum rdma_cm_event_type event;
+    uint8_t pdata[256];
+    size_t len;
+};
+
+/* Send @pdata as a connect request (no QP: nothing may be accepted) and
+ * return what came back. */
+static struct answer raw_connect(const char *port, const void *pdata,
+                                 size_t len)
+{
+    struct rdma_event_channel *ch = rdma_create_event_channel();
+    struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP}, *ai;
+    struct rdma_cm_id *id;
+    struct rdma_cm_event *ev;
+    struct answer a = {0};
+
+    CHECK(ch, "rdma_create_event_channel: %s", strerror(errno));
+    CHECK(rdma_create_id(ch, &id, NULL, RDMA_PS_TCP) == 0, "rdma_create_id");
+    CHECK(rdma_getaddrinfo(addr, port, &hints, &ai) == 0, "getaddrinfo");
+    CHECK(rdma_resolve_addr(id, NULL, ai->ai_dst_addr, 2000) == 0,
+          "resolve_addr");
+    rdma_freeaddrinfo(ai);
+    CHECK(rdma_get_cm_event(ch, &ev) == 0 &&
+              ev->event == RDMA_CM_EVENT_ADDR_RESOLVED,
+          "addr");
+    rdma_ack_cm_event(ev);
+    CHECK(rdma_resolve_route(id, 2000) == 0, "resolve_route");
+    CHECK(rdma_get_cm_event(ch, &ev) == 0 &&
+              ev->event == RDMA_CM_EVENT_ROUTE_RESOLVED,
+          "route");
+    rdma_ack_cm_event(ev);
+
+    struct rdma_conn_param param = {
+        .private_data = pdata,
+        .private_data_len = (uint8_t)len,
+        .responder_resources = 1,
+        .initiator_depth = 1,
+        .retry_count = 7,
+        .qp_num = 0xabcde,
+    };
+    CHECK(rdma_connect(id, &param) == 0, "rdma_connect: %s", strerror(errno));
+    CHECK(rdma_get_cm_event(ch, &ev) == 0, "cm event");
+    a.event = ev->event;
+    if (ev->param.conn.private_data) {
+        a.len = ev->param.conn.private_data_len; /* u8: fits pdata */
+        memcpy(a.pdata, ev->param.conn.private_data, a.len);
+    }
+    rdma_ack_cm_event(ev);
+    rdma_destroy_id(id);
+    rdma_destroy_event_channel(ch);
+    return a;
+}
+
+static void show(const char *sent, const struct answer *a,
+                 const struct rcolo_rej *j)
+{
+    if (a->event == RDMA_CM_EVENT_REJECTED && j) {
+        printf("  sent %-58s -> REJ %s\n", sent, rcolo_reject_str(j->reason));
+    } else {
+        printf("  sent %-58s -> %s\n", sent, rdma_event_str(a->event));
+    }
+}
+
+/* Send a REQ and require a REJ with @want; returns the REJ. */
+static struct rcolo_rej expect_rej(const char *port, const char *what,
+                                   const void *pdata, size_t len,
+                                   enum rcolo_reject_reason want)
+{
+    struct answer a = raw_connect(port, pdata, len);
+    struct rcolo_rej j;
+    int ret = rcolo_rej_decode(a.pdata, a.len, &j);
+
+    show(what, &a, ret ? NULL : &j);
+    CHECK(a.event == RDMA_CM_EVENT_REJECTED, "%s: got %s, not a reject", what,
+          rdma_event_str(a.event));
+    CHECK(ret == 0, "%s: the reject is not an rdma-colo REJ", what);
+    CHECK(j.reason == want, "%s: reason '%s', wanted '%s'", what,
+          rcolo_reject_str(j.reason), rcolo_reject_str(want));
+    CHECK(j.version == RCOLO_PROTOCOL_VERSION, "%s: REJ version %u", what,
+          j.version);
+    cases++;
+    return j;
+}
+
+static size_t req(uint8_t *buf, enum rcolo_conn_role role, uint16_t index,
+                  uint16_t channels, const uint8_t *snonce,
+                  const uint8_t *cnonce, const char *token,
+                  enum rcolo_mac_kind kind)
+{
+    struct rcolo_req r = {
+        .version = RCOLO_PROTOCOL_VERSION,
+        .role = role,
+        .index = index,
+        .channels = channels,
+        .depth = role == RCOLO_CONN_CONTROL ? 64 : 0,
+    };
+    if (snonce) {
+        memcpy(r.snonce, snonce, RCOLO_NONCE_LEN);
+    }
+    if (cnonce) {
+        memcpy(r.cnonce, cnonce, RCOLO_NONCE_LEN);
+    }
+    if (token) {
+        rcolo_mac(token, kind, r.snonce, r.cnonce, r.index, r.channels, r.depth,
+                  r.mac);
+    }
+    return rcolo_req_encode(&r, buf, RCOLO_WIRE_REQ_LEN);
+}
+
+static struct rcolo_rej challenge(const char *port)
+{
+    uint8_t buf[RCOLO_WIRE_REQ_LEN];
+    size_t n = req(buf, RCOLO_CONN_HELLO, 0, 0, NULL, NULL, NULL, 0);
+
+    return expect_rej(port, "HELLO", buf, n, RCOLO_REJ_CHALLENGE);
+}
+
+/* ------------------------------------------------ part 1: secondary */
+
+static void *cache;
+
+static struct rcolo_session *secondary(char *port, size_t size)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *s;
+
+    uri_for(&uri, "0", TOKEN);
+    CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
+    cache = mmap(NULL, REGION_LEN, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(cache != MAP_FAILED, "mmap");
+    CHECK(rcolo_region_add(s, 1, "ram", cache, REGION_LEN, 4096, &err) == 0,
+          "region: %s", err.message);
+    snprintf(port, size, "%d", rcolo_session_port(s));
+    return s;
+}
+
+struct accepter {
+    struct rcolo_session *s;
+    struct rcolo_channel *ch[CHANNELS];
+    int ret;
+};
+
+static void *accept_thread(void *opaque)
+{
+    struct accepter *a = opaque;
+    struct rcolo_error err = {0};
+
+    a->ret = rcolo_accept(a->s, TIMEOUT_MS, &err);
+    for (unsigned i = 0; !a->ret && i < CHANNELS; i++) {
+        a->ret = rcolo_channel_accept(a->s, i, TIMEOUT_MS, &a->ch[i], &err);
+    }
+    if (a->ret) {
+        fprintf(stderr, "secondary: %s\n", err.message);
+    }
+    return NULL;
+}
+
+/* Serve descriptors so that fences complete. */
+static void *serve_thread(void *opaque)
+{
+    struct rcolo_channel *ch = opaque;
+
+    for (;;) {
+        struct rcolo_desc d;
+        if (rcolo_channel_recv(ch, &d, -1) || rcolo_channel_release(ch, &d)) {
+            return NULL;
+        }
+    }
+}
+
+static void part_secondary(void)
+{
+    char port[8];
+    struct rcolo_session *s = secondary(port, sizeof(port));
+    uint8_t buf[64], nonce[RCOLO_NONCE_LEN];
+    struct rcolo_rej x, y, z;
+    size_t n;
+
+    printf("part 1: hostile primaries against a real secondary at %s:%s\n",
+           addr, port);
+    memset(buf, 0x5a, sizeof(buf));
+    expect_rej(port, "16 bytes of garbage", buf, 16, RCOLO_REJ_BAD_MAGIC);
+    expect_rej(port, "no private data", NULL, 0, RCOLO_REJ_BAD_MAGIC);
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, NULL, NULL, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    buf[4] = 1;
+    expect_rej(port, "a version 1 control REQ (40 bytes)", buf, 40,
+               RCOLO_REJ_BAD_VERSION);
+    buf[4] = RCOLO_PROTOCOL_VERSION;
+    buf[5] = 9;
+    expect_rej(port, "role 9", buf, n, RCOLO_REJ_BAD_ROLE);
+    memset(nonce, 0x42, sizeof(nonce));
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, nonce, nonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    expect_rej(port, "CONTROL answering a challenge never issued", buf, n,
+               RCOLO_REJ_BAD_NONCE);
+
+    x = challenge(port);
+    y = challenge(port);
+    CHECK(memcmp(x.snonce, y.snonce, RCOLO_NONCE_LEN),
+          "two HELLOs got the same challenge");
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, x.snonce, nonce, "guess",
+            RCOLO_MAC_CONTROL_REQ);
+    expect_rej(port, "CONTROL(challenge 1) proved with another token", buf, n,
+               RCOLO_REJ_BAD_TOKEN);
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, x.snonce, nonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    expect_rej(port, "CONTROL(challenge 1 again) with the right proof", buf, n,
+               RCOLO_REJ_BAD_NONCE);
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, y.snonce, nonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    buf[9] = CHANNELS + 1; /* channels, after the proof was made */
+    expect_rej(port, "CONTROL(challenge 2), channels changed after proof", buf,
+               n, RCOLO_REJ_BAD_TOKEN);
+    z = challenge(port);
+    n = req(buf, RCOLO_CONN_CONTROL, 0, 0, z.snonce, nonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    expect_rej(port, "CONTROL(challenge 3) asking for 0 channels", buf, n,
+               RCOLO_REJ_BAD_PARAMS);
+    n = req(buf, RCOLO_CONN_DATA, 0, 0, z.snonce, nonce, TOKEN,
+            RCOLO_MAC_DATA_REQ);
+    expect_rej(port, "DATA 0 before any control connection", buf, n,
+               RCOLO_REJ_BAD_NONCE);
+    CHECK(rcolo_session_status(s) == 0, "secondary failed: %s",
+          rcolo_session_error(s));
+    printf("  the secondary is still listening, unharmed\n");
+
+    /* The real primary. */
+    struct accepter acc = {.s = s};
+    pthread_t t;
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *p;
+    struct rcolo_channel *pch[CHANNELS];
+
+    pthread_create(&t, NULL, accept_thread, &acc);
+    uri_for(&uri, port, TOKEN);
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &p, &err) == 0, "connect: %s",
+          err.message);
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        CHECK(rcolo_channel_connect(p, i, TIMEOUT_MS, &pch[i], &err) == 0,
+              "channel %u: %s", i, err.message);
+    }
+    pthread_join(t, NULL);
+    CHECK(acc.ret == 0, "secondary accept failed");
+    pthread_t serve[CHANNELS];
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        pthread_create(&serve[i], NULL, serve_thread, acc.ch[i]);
+    }
+    CHECK(rcolo_fence(p, TIMEOUT_MS) == 0, "fence: %s", rcolo_session_error(p));
+    printf("  a real primary connected after all that and fenced\n");
+
+    n = req(buf, RCOLO_CONN_HELLO, 0, 0, NULL, NULL, NULL, 0);
+    expect_rej(port, "HELLO while a primary is connected", buf, n,
+               RCOLO_REJ_BUSY);
+    /* What an eavesdropper saw: the real control REQ, replayed. */
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, s->snonce, s->cnonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    expect_rej(port, "replay of the real primary's control REQ", buf, n,
+               RCOLO_REJ_BAD_NONCE);
+    n = req(buf, RCOLO_CONN_DATA, 0, 0, s->snonce, s->cnonce, TOKEN,
+            RCOLO_MAC_DATA_REQ);
+    expect_rej(port, "replay of the real primary's DATA 0 REQ", buf, n,
+               RCOLO_REJ_BAD_CHANNEL);
+    n = req(buf, RCOLO_CONN_DATA, CHANNELS, 0, s->snonce, s->cnonce, TOKEN,
+            RCOLO_MAC_DATA_REQ);
+    expect_rej(port, "DATA index = channels, right proof", buf, n,
+               RCOLO_REJ_BAD_CHANNEL);
+    n = req(buf, RCOLO_CONN_DATA, CHANNELS, 0, s->snonce, s->cnonce, "guess",
+            RCOLO_MAC_DATA_REQ);
+    expect_rej(port, "DATA of this session proved with another token", buf, n,
+               RCOLO_REJ_BAD_TOKEN);
+    n = req(buf, RCOLO_CONN_DATA, 1, 0, s->snonce, nonce, TOKEN,
+            RCOLO_MAC_DATA_REQ);
+    expect_rej(port, "DATA with another primary nonce", buf, n,
+               RCOLO_REJ_BAD_NONCE);
+
+    CHECK(rcolo_fence(p, TIMEOUT_MS) == 0, "fence after the attacks: %s",
+          rcolo_session_error(p));
+    CHECK(rcolo_session_status(s) == 0 && rcolo_session_status(p) == 0,
+          "a session failed: %s / %s", rcolo_session_error(s),
+          rcolo_session_error(p));
+    printf("  the real session fenced again, both sides healthy\n");
+    rcolo_session_shutdown(s);
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        pthread_join(serve[i], NULL);
+    }
+    rcolo_session_destroy(p);
+    rcolo_session_destroy(s);
+    munmap(cache, REGION_LEN);
+}
+
+/* ------------------------------------------------ part 2: primary */
+
+enum fake_mode {
+    FAKE_ACCEPT_HELLO, /* accepts the HELLO (a listener that is not ours) */
+    FAKE_WRONG_PROOF,  /* challenges, then accepts with another token's MAC */
+};
+
+struct fake {
+    enum fake_mode mode;
+    struct rdma_event_channel *ch;
+    struct rdma_cm_id *listen;
+    int port;
+    unsigned requests;
+};
+
+static void *fake_thread(void *opaque)
+{
+    struct fake *f = opaque;
+    uint8_t snonce[RCOLO_NONCE_LEN];
+    struct rdma_cm_event *ev;
+
+    memset(snonce, 0x77, sizeof(snonce));
+    while (rdma_get_cm_event(f->ch, &ev) == 0) {
+        struct rdma_cm_id *id = ev->id;
+        struct rcolo_req r;
+        uint8_t out[64];
+        size_t n;
+
+        if (ev->event != RDMA_CM_EVENT_CONNECT_REQUEST) {
+            rdma_ack_cm_event(ev);
+            if (id != f->listen) {
+                rdma_destroy_id(id);
+            }
+            continue;
+        }
+        f->requests++;
+        rcolo_req_decode(ev->param.conn.private_data,
+                         ev->param.conn.private_data_len, &r);
+        struct rdma_conn_param param = {
+            .responder_resources = 1,
+            .initiator_depth = 1,
+            .qp_num = 0x12345,
+            .private_data = out,
+        };
+        struct rcolo_rep rep = {.channels = CHANNELS, .depth = 64};
+        if (f->mode == FAKE_WRONG_PROOF && r.role == RCOLO_CONN_HELLO) {
+            n = rcolo_rej_encode(RCOLO_REJ_CHALLENGE, snonce, out, sizeof(out));
+            rdma_reject(id, out, (uint8_t)n);
+            rdma_ack_cm_event(ev);
+            rdma_destroy_id(id);
+            continue;
+        }
+        if (f->mode == FAKE_WRONG_PROOF) {
+            rcolo_mac("not-the-token", RCOLO_MAC_CONTROL_REP, r.snonce,
+                      r.cnonce, 0, rep.channels, rep.depth, rep.mac);
+        }
+        param.private_data_len =
+            (uint8_t)rcolo_rep_encode(&rep, out, sizeof(out));
+        rdma_accept(id, &param);
+        rdma_ack_cm_event(ev);
+    }
+    return NULL;
+}
+
+static void fake_case(enum fake_mode mode, int want_ret, const char *want,
+                      const char *what)
+{
+    struct fake f = {.mode = mode};
+    struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP,
+                                  .ai_flags = RAI_PASSIVE},
+                         *ai;
+    pthread_t t;
+    char port[8];
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *p = NULL;
+
+    f.ch = rdma_create_event_channel();
+    CHECK(f.ch && rdma_create_id(f.ch, &f.listen, NULL, RDMA_PS_TCP) == 0,
+          "fake: create");
+    CHECK(rdma_getaddrinfo(addr, "0", &hints, &ai) == 0, "fake: addrinfo");
+    CHECK(rdma_bind_addr(f.listen, ai->ai_src_addr) == 0, "fake: bind");
+    rdma_freeaddrinfo(ai);
+    CHECK(rdma_listen(f.listen, 8) == 0, "fake: listen");
+    snprintf(port, sizeof(port), "%u", be16toh(rdma_get_src_port(f.listen)));
+    pthread_create(&t, NULL, fake_thread, &f);
+
+    uri_for(&uri, port, TOKEN);
+    int ret = rcolo_connect(&uri, 10000, &p, &err);
+    printf("  %-54s -> %d: %s\n", what, ret, err.message);
+    CHECK(ret == want_ret && p == NULL && strstr(err.message, want),
+          "%s: connect returned %d (%s), wanted %d with '%s'", what, ret,
+          err.message, want_ret, want);
+    cases++;
+    /* The fake's thread blocks in rdma_get_cm_event: leave it to exit(). */
+}
+
+static void part_primary(void)
+{
+    printf("part 2: a real primary against fake secondaries\n");
+    fake_case(FAKE_ACCEPT_HELLO, -EPROTO, "asked for a challenge",
+              "a listener that accepts HELLO");
+    fake_case(FAKE_WRONG_PROOF, -EACCES, "did not prove the session token",
+              "a secondary proving another token");
+}
+
+int main(void)
+{
+    addr = getenv("RDMA_COLO_TEST_ADDR");
+    CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
+    alarm(300);
+    part_secondary();
+    part_primary();
+    printf("test-handshake: %u hostile or probing handshakes answered as "
+           "expected; no unauthenticated peer got a connection, a region table "
+           "or guest memory, and the real session was unharmed\n",
+           cases);
+    return 0;
+}
