@@ -90,6 +90,9 @@ void rcolo_core_fini(struct rcolo_core *c)
 }
 
 static int fail_va(struct rcolo_core *c, int code, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+
+static int fail_va(struct rcolo_core *c, int code, const char *fmt, va_list ap)
 {
     if (c->status == 0) {
         uint64_t one = 1;
