@@ -359,16 +359,25 @@ static int reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot)
 
 /* -------------------------------------------------------- primary */
 
+/*
+ * The region a write goes to, without the session lock when it is the last
+ * one's.  Against rcolo_region_remove (a Dekker pair): this side sets
+ * in_write, then reads the cache; remove clears every cache, then reads
+ * every in_write.  So either remove sees in_write and refuses, or this side
+ * sees the cleared cache and looks the region up under the lock, after
+ * remove freed it.  A region is never used after it was freed.
+ */
 static struct rcolo_region *chan_region(struct rcolo_channel *ch, uint32_t id)
 {
-    struct rcolo_region *r = ch->tx.last_region;
+    struct rcolo_region *r =
+        __atomic_load_n(&ch->tx.last_region, __ATOMIC_SEQ_CST);
 
     if (r && r->id == id) {
         return r;
     }
     pthread_mutex_lock(&ch->core->lock);
     r = rcolo_region_find_locked(ch->s, id);
-    ch->tx.last_region = r;
+    __atomic_store_n(&ch->tx.last_region, r, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&ch->core->lock);
     return r;
 }
@@ -408,9 +417,9 @@ static bool offsets_valid(const struct rcolo_region *r, const uint64_t *offs,
     return true;
 }
 
-int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
-                      const uint64_t *offsets, unsigned n, const uint64_t *zero,
-                      unsigned nzero)
+static int write_pages(struct rcolo_channel *ch, uint32_t region_id,
+                       const uint64_t *offsets, unsigned n,
+                       const uint64_t *zero, unsigned nzero)
 {
     struct rcolo_chan_tx *tx = &ch->tx;
     struct rcolo_region *r;
@@ -421,8 +430,7 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     if (ret) {
         return ret;
     }
-    if (ch->role != RCOLO_PRIMARY ||
-        (uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES || (n && !offsets) ||
+    if ((uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES || (n && !offsets) ||
         (nzero && !zero)) {
         return -EINVAL;
     }
@@ -490,6 +498,21 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     /* Reap what is done without waiting: keeps the CQ short. */
     ret = chan_progress(ch);
     return ret < 0 ? ret : 0;
+}
+
+int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
+                      const uint64_t *offsets, unsigned n, const uint64_t *zero,
+                      unsigned nzero)
+{
+    int ret;
+
+    if (ch->role != RCOLO_PRIMARY) {
+        return -EINVAL;
+    }
+    __atomic_store_n(&ch->tx.in_write, 1, __ATOMIC_SEQ_CST);
+    ret = write_pages(ch, region_id, offsets, n, zero, nzero);
+    __atomic_store_n(&ch->tx.in_write, 0, __ATOMIC_RELEASE);
+    return ret;
 }
 
 int rcolo_channel_fence_post(struct rcolo_channel *ch)

@@ -62,7 +62,11 @@ struct rcolo_chan_tx {
     struct ibv_send_wr *wrs;       /* preallocated chain */
     struct ibv_sge *sges;
     struct rcolo_run *runs;
+    /* The region of the last write (a cache; see chan_region) and whether
+     * rcolo_write_pages runs now: rcolo_region_remove clears the first and
+     * refuses while the second is set (atomics, sequentially consistent). */
     struct rcolo_region *last_region;
+    uint32_t in_write;
 };
 
 /* Secondary: descriptors in, CREDIT/FENCE_ACK out. */
@@ -174,6 +178,7 @@ struct rcolo_session {
 
     /* Under core.lock from here on. */
     enum rcolo_session_state state;
+    int64_t accept_deadline; /* ACCEPTING: the primary owes ESTABLISHED */
     struct rcolo_ctl ctl;
     struct rcolo_channel *chan[RCOLO_MAX_CHANNELS];
     GHashTable *regions;               /* id -> struct rcolo_region * */

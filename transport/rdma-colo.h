@@ -245,8 +245,10 @@ int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err);
 int rcolo_region_wait(struct rcolo_session *s, uint32_t id, int timeout_ms,
                       struct rcolo_error *err);
 
-/* Deregister region @id.  Returns 0 or -ENOENT.  Only while no channel is
- * transferring into or from it. */
+/* Deregister region @id.  Returns 0, -ENOENT, or (primary) -EBUSY while a
+ * channel is in rcolo_write_pages: the region is never freed under a write.
+ * On the secondary, the primary must have stopped writing into it (a late
+ * WRITE then fails the session, it never lands elsewhere). */
 int rcolo_region_remove(struct rcolo_session *s, uint32_t id);
 
 /* Primary: look up an advertised remote region by name; fills *id, *length

@@ -197,13 +197,28 @@ fail:
 
 int rcolo_region_remove(struct rcolo_session *s, uint32_t id)
 {
+    bool found;
+
     pthread_mutex_lock(&s->core.lock);
-    bool found = g_hash_table_remove(s->regions, GUINT_TO_POINTER(id));
-    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
-        if (s->chan[i] && s->role == RCOLO_PRIMARY) {
-            s->chan[i]->tx.last_region = NULL;
+    if (s->role == RCOLO_PRIMARY) {
+        /* channel.c, chan_region: clear every cache, then look for a
+         * writer; one that starts later finds no cache and waits for the
+         * lock. */
+        for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+            if (s->chan[i]) {
+                __atomic_store_n(&s->chan[i]->tx.last_region, NULL,
+                                 __ATOMIC_SEQ_CST);
+            }
+        }
+        for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+            if (s->chan[i] &&
+                __atomic_load_n(&s->chan[i]->tx.in_write, __ATOMIC_SEQ_CST)) {
+                pthread_mutex_unlock(&s->core.lock);
+                return -EBUSY;
+            }
         }
     }
+    found = g_hash_table_remove(s->regions, GUINT_TO_POINTER(id));
     pthread_mutex_unlock(&s->core.lock);
     return found ? 0 : -ENOENT;
 }

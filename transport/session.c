@@ -354,6 +354,9 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
     if (req.role == RCOLO_CONN_CONTROL) {
         id->context = NULL;
         s->state = RCOLO_SESSION_ACCEPTING;
+        /* The primary proved the token; completing the connection is
+         * owed (its RTU comes from its process, which may be stopped). */
+        s->accept_deadline = rcolo_owed_deadline(&s->core);
     } else {
         id->context = ch;
         ch->state = RCOLO_CHAN_CONNECTING;
@@ -463,10 +466,20 @@ static void *session_thread(void *opaque)
 
     for (;;) {
         struct pollfd pfd[4];
-        int n = 0, ctl = -1, async = -1;
+        int n = 0, ctl = -1, async = -1, timeout = -1;
 
         pthread_mutex_lock(&s->core.lock);
         bool stop = s->thread_stop;
+        if (s->state == RCOLO_SESSION_ACCEPTING && !s->core.status) {
+            timeout = rcolo_deadline_ms(s->accept_deadline);
+            if (timeout == 0) {
+                rcolo_fail_locked(&s->core, -ETIMEDOUT,
+                                  "the primary did not complete the control "
+                                  "connection within %d ms (stalled?)",
+                                  s->core.owed_ms);
+                timeout = -1;
+            }
+        }
         pthread_mutex_unlock(&s->core.lock);
         if (stop) {
             break;
@@ -483,8 +496,8 @@ static void *session_thread(void *opaque)
             pfd[n++] =
                 (struct pollfd){.fd = s->verbs->async_fd, .events = POLLIN};
         }
-        if (poll(pfd, (nfds_t)n, -1) < 0) {
-            continue;
+        if (poll(pfd, (nfds_t)n, timeout) <= 0) {
+            continue; /* interrupted, or the accept deadline: see above */
         }
         if (pfd[0].revents) {
             uint64_t v;
@@ -642,11 +655,11 @@ int rcolo_accept(struct rcolo_session *s, int timeout_ms,
     pthread_mutex_lock(&s->core.lock);
     ret = rcolo_wait_locked(&s->core, session_ready, s,
                             rcolo_deadline(timeout_ms));
-    if (ret == -ETIMEDOUT) {
+    if (s->core.status) {
+        ret = session_error(s, err); /* a stall is the session's -ETIMEDOUT */
+    } else if (ret == -ETIMEDOUT) {
         rcolo_set_error(err, ret, "no primary connected within %d ms",
                         timeout_ms);
-    } else if (ret) {
-        session_error(s, err);
     }
     pthread_mutex_unlock(&s->core.lock);
     return ret;
@@ -683,10 +696,12 @@ int rcolo_channel_accept(struct rcolo_session *s, unsigned index,
     pthread_mutex_lock(&s->core.lock);
     ret = rcolo_wait_locked(&s->core, chan_decided, &w,
                             rcolo_deadline(timeout_ms));
-    if (ret == -ETIMEDOUT) {
+    if (s->core.status) {
+        ret = session_error(s, err);
+    } else if (ret == -ETIMEDOUT) {
         rcolo_set_error(err, ret, "data channel %u not connected within %d ms",
                         index, timeout_ms);
-    } else if (ret || s->core.status) {
+    } else if (ret) {
         ret = session_error(s, err);
     } else if (index >= s->channels) {
         ret = rcolo_set_error(err, -EINVAL,

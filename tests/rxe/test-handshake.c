@@ -12,6 +12,9 @@
  * and the secondary must stay healthy: a real primary connects in the
  * middle and fences before and after.
  *
+ * Part 3, a primary that proves the token and stops before it completes the
+ * connection: the secondary gives up after its timeout=, and says why.
+ *
  * Part 2, hostile secondaries: a raw rdma_cm listener plays a secondary
  * that accepts a HELLO, and one that answers with a proof made with another
  * token; the library's primary must refuse both with a clear error.
@@ -22,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h" /* the secondary's nonces, to forge channel REQs */
@@ -48,15 +52,26 @@
     } while (0)
 
 static const char *addr;
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 static unsigned cases;
+
+static unsigned uri_timeout_ms = RCOLO_DEFAULT_TIMEOUT_MS;
 
 static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
 {
     char text[256];
     struct rcolo_error err = {0};
 
-    snprintf(text, sizeof(text), "rdma-colo:%s:%s?channels=%d&token=%s", addr,
-             port, CHANNELS, token);
+    snprintf(text, sizeof(text),
+             "rdma-colo:%s:%s?channels=%d&token=%s&timeout=%u", addr, port,
+             CHANNELS, token, uri_timeout_ms);
     CHECK(rcolo_uri_parse(text, uri, &err) == 0, "%s", err.message);
 }
 
@@ -69,9 +84,11 @@ struct answer {
 };
 
 /* Send @pdata as a connect request (no QP: nothing may be accepted) and
- * return what came back. */
-static struct answer raw_connect(const char *port, const void *pdata,
-                                 size_t len)
+ * return what came back.  With @keep, the id and its event channel are
+ * handed back instead of destroyed (and an accept is not completed: no
+ * RTU is sent). */
+static struct answer raw_connect_keep(const char *port, const void *pdata,
+                                      size_t len, struct rdma_cm_id **keep)
 {
     struct rdma_event_channel *ch = rdma_create_event_channel();
     struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP}, *ai;
@@ -111,9 +128,19 @@ static struct answer raw_connect(const char *port, const void *pdata,
         memcpy(a.pdata, ev->param.conn.private_data, a.len);
     }
     rdma_ack_cm_event(ev);
-    rdma_destroy_id(id);
-    rdma_destroy_event_channel(ch);
+    if (keep) {
+        *keep = id;
+    } else {
+        rdma_destroy_id(id);
+        rdma_destroy_event_channel(ch);
+    }
     return a;
+}
+
+static struct answer raw_connect(const char *port, const void *pdata,
+                                 size_t len)
+{
+    return raw_connect_keep(port, pdata, len, NULL);
 }
 
 static void show(const char *sent, const struct answer *a,
@@ -357,6 +384,49 @@ static void part_secondary(void)
     munmap(cache, REGION_LEN);
 }
 
+/*
+ * A primary that proves the token and then stops before completing the
+ * connection (its RTU comes from its process): the secondary must not wait
+ * forever; it fails after its timeout= (2000 ms here) and says why.
+ */
+static void part_stalled_handshake(void)
+{
+    char port[8];
+    struct rcolo_session *s;
+    uint8_t buf[64], nonce[RCOLO_NONCE_LEN];
+    struct rcolo_error err = {0};
+    struct rdma_cm_id *id;
+    struct rcolo_rej x;
+    size_t n;
+
+    printf("part 3: a primary that stops in the middle of the handshake\n");
+    uri_timeout_ms = 2000;
+    s = secondary(port, sizeof(port));
+    uri_timeout_ms = RCOLO_DEFAULT_TIMEOUT_MS;
+    x = challenge(port);
+    memset(nonce, 0x33, sizeof(nonce));
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, x.snonce, nonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    struct answer a = raw_connect_keep(port, buf, n, &id);
+    printf("  sent %-58s -> %s, and no RTU\n",
+           "CONTROL(challenge) with the right proof", rdma_event_str(a.event));
+    CHECK(a.event == RDMA_CM_EVENT_CONNECT_RESPONSE,
+          "the secondary did not accept a correct proof: %s",
+          rdma_event_str(a.event));
+    double t0 = now_s();
+    int ret = rcolo_accept(s, 20000, &err);
+    double dt = now_s() - t0;
+    printf("  the secondary gave up after %.2f s: %d (%s)\n", dt, ret,
+           err.message);
+    CHECK(ret == -ETIMEDOUT && strstr(err.message, "did not complete"),
+          "accept returned %d (%s)", ret, err.message);
+    CHECK(dt > 1.0 && dt < 10.0, "gave up after %.2f s, timeout=2000", dt);
+    cases++;
+    rcolo_session_destroy(s);
+    munmap(cache, REGION_LEN);
+    rdma_destroy_id(id);
+}
+
 /* ------------------------------------------------ part 2: primary */
 
 enum fake_mode {
@@ -469,6 +539,7 @@ int main(void)
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     alarm(300);
     part_secondary();
+    part_stalled_handshake();
     part_primary();
     printf("test-handshake: %u hostile or probing handshakes answered as "
            "expected; no unauthenticated peer got a connection, a region table "
