@@ -199,7 +199,8 @@ static int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
     if (ret == 0) {
         ret = rcolo_channel_fence_wait(rioc->ch, RDMA_COLO_FENCE_TIMEOUT_MS);
     }
-    if (ret == -ETIMEDOUT) {
+    if (ret == -ETIMEDOUT && !rcolo_session_status(rioc->sess->rs)) {
+        /* Our own limit, not the session's stall deadline. */
         error_setg(errp, "rdma-colo: multifd channel %u: the destination did "
                    "not acknowledge a sync within %d s (is multifd on, with "
                    "the same multifd-channels, there?)", p->id,

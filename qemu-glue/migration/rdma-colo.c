@@ -9,6 +9,7 @@
 #include "qapi/error.h"
 #include "io/task.h"
 #include "qemu/cutils.h"
+#include "qemu/yank.h"
 #include "crypto/secret_common.h"
 #include "system/memory.h"
 #include "channel.h"
@@ -221,6 +222,18 @@ static void rdma_colo_accept_worker(QIOTask *task, gpointer opaque)
     }
 }
 
+/*
+ * Yank while the destination waits for its primary (a primary stopped in
+ * the middle of the handshake, say): migration registers its own yank only
+ * once the channel is processed.
+ */
+static void rdma_colo_yank_accept(void *opaque)
+{
+    RdmaColoSession *sess = opaque;
+
+    rcolo_session_shutdown(sess->rs);
+}
+
 static void rdma_colo_incoming_accepted(QIOTask *task, gpointer opaque)
 {
     QIOChannel *ioc = QIO_CHANNEL(qio_task_get_source(task));
@@ -228,6 +241,9 @@ static void rdma_colo_incoming_accepted(QIOTask *task, gpointer opaque)
     MigrationIncomingState *mis = migration_incoming_get_current();
     Error *local_err = NULL;
     unsigned channels;
+
+    yank_unregister_function(MIGRATION_YANK_INSTANCE, rdma_colo_yank_accept,
+                             sess);
 
     if (qio_task_propagate_error(task, &local_err) ||
         !rdma_colo_require_colo(&local_err) ||
@@ -298,6 +314,9 @@ void rdma_colo_start_incoming_migration(RdmaColoAddress *addr, Error **errp)
     sess = rdma_colo_session_new(rs, RCOLO_SECONDARY);
     rioc = rdma_colo_channel_new(sess, -1);
     rdma_colo_session_unref(sess);
+    /* rioc keeps sess alive until rdma_colo_incoming_accepted. */
+    yank_register_function(MIGRATION_YANK_INSTANCE, rdma_colo_yank_accept,
+                           sess);
     qio_channel_set_name(QIO_CHANNEL(rioc), "migration-rdma-colo-incoming");
     task = qio_task_new(OBJECT(rioc), rdma_colo_incoming_accepted, NULL, NULL);
     qio_task_run_in_thread(task, rdma_colo_accept_worker, NULL, NULL, NULL);
