@@ -88,7 +88,8 @@ struct answer {
  * handed back instead of destroyed (and an accept is not completed: no
  * RTU is sent). */
 static struct answer raw_connect_keep(const char *port, const void *pdata,
-                                      size_t len, struct rdma_cm_id **keep)
+                                      size_t len, struct rdma_cm_id **keep,
+                                      struct rdma_event_channel **keep_ch)
 {
     struct rdma_event_channel *ch = rdma_create_event_channel();
     struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP}, *ai;
@@ -130,6 +131,7 @@ static struct answer raw_connect_keep(const char *port, const void *pdata,
     rdma_ack_cm_event(ev);
     if (keep) {
         *keep = id;
+        *keep_ch = ch;
     } else {
         rdma_destroy_id(id);
         rdma_destroy_event_channel(ch);
@@ -140,7 +142,7 @@ static struct answer raw_connect_keep(const char *port, const void *pdata,
 static struct answer raw_connect(const char *port, const void *pdata,
                                  size_t len)
 {
-    return raw_connect_keep(port, pdata, len, NULL);
+    return raw_connect_keep(port, pdata, len, NULL, NULL);
 }
 
 static void show(const char *sent, const struct answer *a,
@@ -396,6 +398,7 @@ static void part_stalled_handshake(void)
     uint8_t buf[64], nonce[RCOLO_NONCE_LEN];
     struct rcolo_error err = {0};
     struct rdma_cm_id *id;
+    struct rdma_event_channel *ch;
     struct rcolo_rej x;
     size_t n;
 
@@ -407,7 +410,7 @@ static void part_stalled_handshake(void)
     memset(nonce, 0x33, sizeof(nonce));
     n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, x.snonce, nonce, TOKEN,
             RCOLO_MAC_CONTROL_REQ);
-    struct answer a = raw_connect_keep(port, buf, n, &id);
+    struct answer a = raw_connect_keep(port, buf, n, &id, &ch);
     printf("  sent %-58s -> %s, and no RTU\n",
            "CONTROL(challenge) with the right proof", rdma_event_str(a.event));
     CHECK(a.event == RDMA_CM_EVENT_CONNECT_RESPONSE,
@@ -425,6 +428,7 @@ static void part_stalled_handshake(void)
     rcolo_session_destroy(s);
     munmap(cache, REGION_LEN);
     rdma_destroy_id(id);
+    rdma_destroy_event_channel(ch);
 }
 
 /* ------------------------------------------------ part 2: primary */
@@ -494,7 +498,12 @@ static void *fake_thread(void *opaque)
 static void fake_case(enum fake_mode mode, int want_ret, const char *want,
                       const char *what)
 {
-    struct fake f = {.mode = mode};
+    /* Static: its thread outlives this call (it blocks in
+     * rdma_get_cm_event until the process exits). */
+    static struct fake fakes[2];
+    struct fake *f = &fakes[mode];
+
+    *f = (struct fake){.mode = mode};
     struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP,
                                   .ai_flags = RAI_PASSIVE},
                          *ai;
@@ -504,15 +513,15 @@ static void fake_case(enum fake_mode mode, int want_ret, const char *want,
     struct rcolo_error err = {0};
     struct rcolo_session *p = NULL;
 
-    f.ch = rdma_create_event_channel();
-    CHECK(f.ch && rdma_create_id(f.ch, &f.listen, NULL, RDMA_PS_TCP) == 0,
+    f->ch = rdma_create_event_channel();
+    CHECK(f->ch && rdma_create_id(f->ch, &f->listen, NULL, RDMA_PS_TCP) == 0,
           "fake: create");
     CHECK(rdma_getaddrinfo(addr, "0", &hints, &ai) == 0, "fake: addrinfo");
-    CHECK(rdma_bind_addr(f.listen, ai->ai_src_addr) == 0, "fake: bind");
+    CHECK(rdma_bind_addr(f->listen, ai->ai_src_addr) == 0, "fake: bind");
     rdma_freeaddrinfo(ai);
-    CHECK(rdma_listen(f.listen, 8) == 0, "fake: listen");
-    snprintf(port, sizeof(port), "%u", be16toh(rdma_get_src_port(f.listen)));
-    pthread_create(&t, NULL, fake_thread, &f);
+    CHECK(rdma_listen(f->listen, 8) == 0, "fake: listen");
+    snprintf(port, sizeof(port), "%u", be16toh(rdma_get_src_port(f->listen)));
+    pthread_create(&t, NULL, fake_thread, f);
 
     uri_for(&uri, port, TOKEN);
     int ret = rcolo_connect(&uri, 10000, &p, &err);
