@@ -305,6 +305,33 @@ static int chan_wait(struct rcolo_channel *ch, bool (*done)(void *arg),
                       spin_ns);
 }
 
+/*
+ * Remember the longest wait for something the peer owes (credits,
+ * send-queue room, a fence acknowledgement) since @start: it tells an
+ * operator how much margin the stall timeout (timeout=) has.
+ */
+static void note_owed_wait(struct rcolo_channel *ch, int64_t start)
+{
+    uint64_t waited = (uint64_t)(rcolo_now_ns() - start);
+
+    if (waited >
+        __atomic_load_n(&ch->stats.owed_wait_ns_max, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&ch->stats.owed_wait_ns_max, waited, __ATOMIC_RELAXED);
+    }
+}
+
+/* Wait, until the session's owed deadline, for something the peer owes. */
+static int owed_wait(struct rcolo_channel *ch, bool (*done)(void *arg),
+                     void *arg, int64_t spin_ns)
+{
+    int64_t start = rcolo_now_ns();
+    int ret = rcolo_wait(ch->core, &chan_wait_ops, ch, done, arg,
+                         rcolo_owed_deadline(ch->core), spin_ns);
+
+    note_owed_wait(ch, start);
+    return ret;
+}
+
 /* Post the SEND of @len bytes in slot @slot, signaled, after the @nchain
  * RDMA WRITEs already built in @wrs/@sges (which have room for one more). */
 static int post_send_slot(struct rcolo_channel *ch, uint32_t slot, uint32_t len,
@@ -344,8 +371,7 @@ static int reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot)
 
     /* Only a real wait reads the clock for its deadline. */
     if (!sq_ready(&need)) {
-        ret = rcolo_wait(ch->core, &chan_wait_ops, ch, sq_ready, &need,
-                         rcolo_owed_deadline(ch->core), RCOLO_SPIN_NS);
+        ret = owed_wait(ch, sq_ready, &need, RCOLO_SPIN_NS);
     }
     if (ret == -ETIMEDOUT) {
         return stalled(ch, "acknowledged no message");
@@ -393,8 +419,7 @@ static int take_credit(struct rcolo_channel *ch)
 {
     if (!have_credit(ch)) {
         stat_add(&ch->stats.credit_waits, 1);
-        int ret = chan_wait(ch, have_credit, rcolo_owed_deadline(ch->core),
-                            RCOLO_SPIN_NS);
+        int ret = owed_wait(ch, have_credit, ch, RCOLO_SPIN_NS);
         if (ret == -ETIMEDOUT) {
             return stalled(ch, "returned no credit");
         }
@@ -556,6 +581,7 @@ static bool fence_acked(void *arg)
 
 int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
 {
+    int64_t start = rcolo_now_ns();
     int64_t mine = rcolo_deadline(timeout_ms);
     int64_t owed = rcolo_owed_deadline(ch->core);
     bool owed_first = mine < 0 || owed < mine;
@@ -566,6 +592,7 @@ int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
     }
     ret = chan_wait(ch, fence_acked, owed_first ? owed : mine,
                     RCOLO_FENCE_SPIN_NS);
+    note_owed_wait(ch, start);
     if (ret == -ETIMEDOUT && owed_first) {
         return stalled(ch, "acknowledged no fence");
     }

@@ -113,8 +113,18 @@ static int acquire(struct rcolo_session *s, bool credit, int64_t deadline,
         if (!ret && !can_send(&w)) {
             ret = -EAGAIN;
         }
-    } else {
+    } else if (!can_send(&w)) {
+        int64_t start = rcolo_now_ns();
+        uint64_t waited;
+
         ret = rcolo_wait_locked(&s->core, can_send, &w, deadline);
+        /* How close a healthy session came to the stall timeout. */
+        waited = (uint64_t)(rcolo_now_ns() - start);
+        if (waited > s->stats.stream_owed_wait_ns_max) {
+            s->stats.stream_owed_wait_ns_max = waited;
+        }
+    } else {
+        ret = 0; /* as rcolo_wait: what it waits for comes first */
     }
     if (ret == -ETIMEDOUT) {
         /* Only the peer frees stream slots and credits: it is stalled. */
@@ -226,6 +236,95 @@ int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
     }
     pthread_mutex_unlock(&s->core.lock);
     return ret;
+}
+
+/* ---------------------------------------------------------- keepalive */
+
+static int64_t owed_ns(const struct rcolo_session *s)
+{
+    return (int64_t)s->core.owed_ms * 1000000;
+}
+
+/* A ping or a reply, header only, needing no credit: at most one of each
+ * is unanswered, and the peer's RCOLO_STREAM_EXTRA receive slots have room
+ * for them beside the credit-only messages.  -EAGAIN: no send slot now
+ * (the SENDs in flight complete, and their completions wake the session
+ * thread, which tries again). */
+static int send_keepalive_locked(struct rcolo_session *s, bool reply)
+{
+    struct rcolo_ctl *c = &s->ctl;
+    int slot = acquire(s, false, -1, true);
+
+    if (slot < 0) {
+        return slot;
+    }
+    rcolo_keepalive_encode(rcolo_slot_buf(&c->send, (uint32_t)slot),
+                           c->send.size, reply);
+    return post_locked(s, slot, RCOLO_HDR_LEN);
+}
+
+int rcolo_ctl_keepalive_locked(struct rcolo_session *s)
+{
+    struct rcolo_ctl *c = &s->ctl;
+    int64_t now, next;
+
+    if (s->state != RCOLO_SESSION_READY || s->core.status) {
+        return -1;
+    }
+    now = rcolo_now_ns();
+    if (c->ka_reply_owed && send_keepalive_locked(s, true) == 0) {
+        c->ka_reply_owed = false;
+    }
+    if (c->ka_sent) {
+        next = c->ka_sent + owed_ns(s);
+        if (now >= next) {
+            rcolo_fail_locked(&s->core, -ETIMEDOUT,
+                              "the peer stalled: it answered no keepalive "
+                              "for %d ms (its process is stopped or hung?)",
+                              s->core.owed_ms);
+            return -1;
+        }
+    } else {
+        if (!c->ka_next) {
+            /* A ping every quarter of the timeout. */
+            c->ka_next = now + owed_ns(s) / 4;
+        }
+        next = c->ka_next;
+        if (now >= next && send_keepalive_locked(s, false) == 0) {
+            c->ka_sent = now;
+            next = now + owed_ns(s);
+        }
+    }
+    if (s->core.status) {
+        return -1;
+    }
+    /* Rounded up, and never 0: a ping or reply without a send slot waits
+     * for a completion, not in a busy loop. */
+    return next > now ? (int)((next - now + 999999) / 1000000) : 1;
+}
+
+static void on_keepalive(struct rcolo_session *s, const uint8_t *buf,
+                         uint32_t len)
+{
+    struct rcolo_ctl *c = &s->ctl;
+    bool reply;
+
+    if (rcolo_keepalive_decode(buf, len, &reply)) {
+        rcolo_fail_locked(&s->core, -EPROTO,
+                          "control connection: bad keepalive");
+    } else if (reply && !c->ka_sent) {
+        rcolo_fail_locked(&s->core, -EPROTO,
+                          "control connection: keepalive reply to no ping");
+    } else if (reply) {
+        c->ka_sent = 0;
+        c->ka_next = rcolo_now_ns() + owed_ns(s) / 4;
+    } else if (c->ka_reply_owed) {
+        rcolo_fail_locked(&s->core, -EPROTO,
+                          "control connection: a second keepalive ping "
+                          "before the first was answered");
+    } else {
+        c->ka_reply_owed = true; /* answered by rcolo_ctl_keepalive_locked */
+    }
 }
 
 /* ------------------------------------------------------------ reading */
@@ -358,6 +457,10 @@ static void ctl_completion(struct rcolo_session *s, struct ibv_wc *wc)
         }
         c->ready[rcolo_fifo_push(&c->ready_q)] = ctx->slot;
         s->stats.stream_bytes_received += h.length - RCOLO_HDR_LEN;
+        break;
+    case RCOLO_MSG_KEEPALIVE:
+        on_keepalive(s, buf, wc->byte_len);
+        repost(s, ctx->slot);
         break;
     case RCOLO_MSG_STREAM_END:
         if (h.length != RCOLO_HDR_LEN || h.flags) {

@@ -125,6 +125,15 @@ struct rcolo_ctl {
     uint32_t read_off; /* bytes consumed in the head slot */
     bool eof;          /* peer sent STREAM_END */
     bool fd_signaled;
+    /*
+     * Keepalive (rcolo_ctl_keepalive_locked): one ping at a time, answered
+     * by the peer's session thread, so a peer whose process stopped is
+     * noticed even when nothing else is owed (a COLO reply awaited on the
+     * stream is not).  Times are rcolo_now_ns(); 0: not yet / none.
+     */
+    int64_t ka_next;       /* when the next ping goes */
+    int64_t ka_sent;       /* when the unanswered ping went */
+    bool ka_reply_owed;    /* the peer's ping is not answered yet */
     int fd;                     /* eventfd: readable while data/eof/error */
     pthread_mutex_t write_lock; /* one writer at a time */
 };
@@ -226,6 +235,9 @@ const uint8_t *rcolo_ctl_stream_head_locked(struct rcolo_session *s,
 void rcolo_ctl_stream_pop_locked(struct rcolo_session *s);
 bool rcolo_ctl_stream_pending_locked(struct rcolo_session *s);
 void rcolo_ctl_update_fd_locked(struct rcolo_session *s);
+/* Send a due ping or reply, fail the session on an unanswered ping; returns
+ * how long the session thread may sleep (ms, -1: no keepalive yet). */
+int rcolo_ctl_keepalive_locked(struct rcolo_session *s);
 
 /* channel.c */
 struct rcolo_channel *rcolo_channel_new(struct rcolo_session *s,

@@ -47,7 +47,7 @@
 extern "C" {
 #endif
 
-#define RCOLO_PROTOCOL_VERSION 2
+#define RCOLO_PROTOCOL_VERSION 3
 
 /* Limits that bound every message on the wire (see docs/protocol.md). */
 #define RCOLO_MAX_CHANNELS       64
@@ -59,7 +59,7 @@ extern "C" {
 #define RCOLO_MAX_SECRET_ID      39
 #define RCOLO_MIN_TIMEOUT_MS     100
 #define RCOLO_MAX_TIMEOUT_MS     3600000
-#define RCOLO_DEFAULT_TIMEOUT_MS 30000
+#define RCOLO_DEFAULT_TIMEOUT_MS 5000
 
 struct rcolo_error {
     int code; /* negative errno, as returned */
@@ -375,7 +375,11 @@ struct rcolo_channel_stats {
     uint64_t descriptors;  /* descriptors sent / received */
     uint64_t credit_waits; /* times the primary waited for credits */
     uint64_t fences;
-    uint64_t reserved[8]; /* zero; room for counters without an ABI break */
+    /* Longest wait for something the peer owes on this channel (credits,
+     * send-queue room, a fence acknowledgement), in ns: how close a
+     * healthy session came to the stall timeout (timeout=). */
+    uint64_t owed_wait_ns_max;
+    uint64_t reserved[7]; /* zero; room for counters without an ABI break */
 };
 
 struct rcolo_session_stats {
@@ -388,7 +392,11 @@ struct rcolo_session_stats {
     uint64_t stream_bytes_received;
     uint64_t stream_messages_sent; /* STREAM messages posted (at most
                                       64 KiB of payload each) */
-    uint64_t reserved[8]; /* zero; room for counters without an ABI break */
+    /* Longest wait for stream credits or send room on the control
+     * connection, in ns (total.owed_wait_ns_max: the longest on any data
+     * channel). */
+    uint64_t stream_owed_wait_ns_max;
+    uint64_t reserved[7]; /* zero; room for counters without an ABI break */
 };
 
 /* Copy counters.  Returns 0 or -EINVAL. */

@@ -480,6 +480,13 @@ static void *session_thread(void *opaque)
                 timeout = -1;
             }
         }
+        if (!stop) {
+            int ka = rcolo_ctl_keepalive_locked(s);
+
+            if (ka >= 0 && (timeout < 0 || ka < timeout)) {
+                timeout = ka;
+            }
+        }
         pthread_mutex_unlock(&s->core.lock);
         if (stop) {
             break;
@@ -497,7 +504,7 @@ static void *session_thread(void *opaque)
                 (struct pollfd){.fd = s->verbs->async_fd, .events = POLLIN};
         }
         if (poll(pfd, (nfds_t)n, timeout) <= 0) {
-            continue; /* interrupted, or the accept deadline: see above */
+            continue; /* interrupted, or a deadline: see above */
         }
         if (pfd[0].revents) {
             uint64_t v;
@@ -995,6 +1002,7 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
     }
     if (s->core.status == 0) {
         s->state = RCOLO_SESSION_READY;
+        session_wake(s); /* its keepalive starts now */
     }
     ret = s->core.status;
     if (ret) {
@@ -1186,6 +1194,9 @@ int rcolo_session_get_stats(struct rcolo_session *s,
         out->total.descriptors += c.descriptors;
         out->total.credit_waits += c.credit_waits;
         out->total.fences += c.fences;
+        if (c.owed_wait_ns_max > out->total.owed_wait_ns_max) {
+            out->total.owed_wait_ns_max = c.owed_wait_ns_max;
+        }
     }
     pthread_mutex_unlock(&s->core.lock);
     return 0;

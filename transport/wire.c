@@ -457,6 +457,31 @@ size_t rcolo_credit_encode(uint8_t *buf, size_t size, uint16_t credits)
     return RCOLO_HDR_LEN;
 }
 
+size_t rcolo_keepalive_encode(uint8_t *buf, size_t size, bool reply)
+{
+    uint8_t *p = buf;
+
+    if (size < RCOLO_HDR_LEN) {
+        return 0;
+    }
+    hdr_put(&p, RCOLO_MSG_KEEPALIVE, reply ? RCOLO_KEEPALIVE_REPLY : 0, 0,
+            RCOLO_HDR_LEN);
+    return RCOLO_HDR_LEN;
+}
+
+int rcolo_keepalive_decode(const void *buf, size_t len, bool *reply)
+{
+    struct rcolo_hdr h;
+
+    if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_KEEPALIVE ||
+        len != RCOLO_HDR_LEN || (h.flags & ~RCOLO_KEEPALIVE_REPLY) ||
+        h.credits) {
+        return -EPROTO;
+    }
+    *reply = h.flags & RCOLO_KEEPALIVE_REPLY;
+    return 0;
+}
+
 size_t rcolo_stream_hdr_encode(uint8_t *buf, uint8_t type, uint32_t payload,
                                uint16_t credits)
 {

@@ -150,6 +150,7 @@ enum rcolo_msg_type {
     RCOLO_MSG_REGION_TABLE = 4, /* control: secondary -> primary */
     RCOLO_MSG_STREAM = 5,       /* control: stream bytes (+ credits) */
     RCOLO_MSG_STREAM_END = 6,   /* control: end of stream */
+    RCOLO_MSG_KEEPALIVE = 7,    /* control: a ping, or its reply */
     RCOLO_MSG__MAX
 };
 
@@ -200,6 +201,12 @@ int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq);
 
 /* CREDIT: header only. */
 size_t rcolo_credit_encode(uint8_t *buf, size_t size, uint16_t credits);
+
+/* KEEPALIVE: header only; flags 0 (a ping) or RCOLO_KEEPALIVE_REPLY. */
+#define RCOLO_KEEPALIVE_REPLY 0x01
+size_t rcolo_keepalive_encode(uint8_t *buf, size_t size, bool reply);
+/* Returns 0 (*reply set) or -EPROTO. */
+int rcolo_keepalive_decode(const void *buf, size_t len, bool *reply);
 
 /* Generic header decode: checks type range and that length == @len (the
  * received byte count) and >= the header.  Returns 0 or -EPROTO. */

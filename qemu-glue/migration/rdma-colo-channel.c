@@ -32,6 +32,16 @@ static void rdma_colo_session_clear(gpointer data)
     RdmaColoSession *sess = data;
 
     /* Every channel of the session is gone: no thread uses it any more. */
+    if (sess->rs &&
+        trace_event_get_state_backends(TRACE_RDMA_COLO_SESSION_END)) {
+        struct rcolo_session_stats st = { 0 };
+
+        rcolo_session_get_stats(sess->rs, &st);
+        trace_rdma_colo_session_end(
+            sess->role == RCOLO_PRIMARY ? "primary" : "secondary",
+            rcolo_session_status(sess->rs), st.total.bytes, st.fences,
+            st.total.owed_wait_ns_max, st.stream_owed_wait_ns_max);
+    }
     rcolo_session_shutdown(sess->rs);
     rcolo_session_destroy(sess->rs);
     qemu_mutex_destroy(&sess->lock);

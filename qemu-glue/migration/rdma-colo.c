@@ -42,12 +42,6 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
                    "multifd-channels parameter, not a URI option");
         return false;
     }
-    if (u.timeout_ms != RCOLO_DEFAULT_TIMEOUT_MS) {
-        error_setg(errp, "rdma-colo: timeout= cannot be set from QEMU; a "
-                   "peer that withholds credits or acknowledgements for "
-                   "%d ms ends the session", RCOLO_DEFAULT_TIMEOUT_MS);
-        return false;
-    }
     if (u.flags & RCOLO_URI_INSECURE) {
         error_setg(errp, "rdma-colo: QEMU always authenticates the peer: "
                    "give token= or secret=ID (-object secret,id=ID,...)");
@@ -57,6 +51,8 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
     addr->port = g_strdup(u.port);
     addr->has_depth = true;
     addr->depth = u.depth;
+    addr->has_timeout = true;
+    addr->timeout = u.timeout_ms;
     if (u.token[0]) {
         addr->token = g_strdup(u.token);
     }
@@ -126,6 +122,11 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
         g_autofree char *base = g_steal_pointer(&text);
 
         text = g_strdup_printf("%s&depth=%u", base, addr->depth);
+    }
+    if (addr->has_timeout) {
+        g_autofree char *base = g_steal_pointer(&text);
+
+        text = g_strdup_printf("%s&timeout=%u", base, addr->timeout);
     }
     if (rcolo_uri_parse(text, uri, &err) < 0) {
         error_setg(errp, "%s", err.message);

@@ -617,17 +617,25 @@ static int test_replicate(void)
      * device reports RC write on-demand paging (rxe on 6.1 does not). */
     int odp = rcolo_session_odp(p->s);
     CHECK(odp == 0 || odp == 1, "ODP capability not probed: %d", odp);
+    /* Every fence waited for its acknowledgement: an owed wait. */
+    CHECK(st.total.owed_wait_ns_max > 0 &&
+              st.total.owed_wait_ns_max < (uint64_t)TIMEOUT_MS * 1000000,
+          "longest owed wait %" PRIu64 " ns (fence max %" PRIu64 " ns)",
+          st.total.owed_wait_ns_max, st.fence_ns_max);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary exited %d", rc);
     printf("test-transport replicate: device %s: %u checkpoints over %d "
            "channels (random, runs, zero, empty, 2 MiB, hot-set pages): "
            "%" PRIu64 " pages dirtied, %" PRIu64 " bytes RDMA-written in "
            "%" PRIu64 " WRs, %" PRIu64 " descriptors, %" PRIu64 " fences "
-           "(mean %.1f us); secondary's guest copy verified equal (hash of "
-           "256 MiB + 32 MiB) after every checkpoint; memory %s; %.1f s\n",
+           "(mean %.1f us); longest wait for the secondary %.1f ms "
+           "(data), %.1f ms (stream); secondary's guest copy verified equal "
+           "(hash of 256 MiB + 32 MiB) after every checkpoint; memory %s; "
+           "%.1f s\n",
            getenv("RDMA_COLO_TEST_DEV"), CHECKPOINTS, CHANNELS, total_pages,
            st.total.bytes, st.total.write_wrs, st.total.descriptors, st.fences,
            st.fences ? st.fence_ns_total / 1e3 / st.fences : 0.0,
+           st.total.owed_wait_ns_max / 1e6, st.stream_owed_wait_ns_max / 1e6,
            odp ? "on-demand paged (device has RC write ODP)"
                : "pinned (device has no RC write ODP)",
            now_s() - t0);
@@ -772,13 +780,134 @@ static int test_stall_secondary(void)
           rcolo_session_error(p->s));
     CHECK(waited >= 1.5 && waited < 10,
           "failed %.2f s after the stop, timeout 2 s", waited);
+    /* The wait cut short by the failure is the longest owed wait the stats
+     * report: the credit wait's own 2 s, or less when the keepalive (a
+     * ping sent up to 0.5 s before the stop) expired first. */
+    struct rcolo_session_stats st;
+    rcolo_session_get_stats(p->s, &st);
+    double owed_max = st.total.owed_wait_ns_max / 1e9;
+    CHECK(owed_max >= 1.3 && owed_max <= waited + 0.1,
+          "longest owed wait %.3f s, expected about the 2 s timeout "
+          "(failed after %.2f s)",
+          owed_max, waited);
     kill(child, SIGKILL);
     wait_child(child);
     printf("test-transport stall-secondary: secondary SIGSTOPped (its "
            "kernel kept acknowledging); with timeout=2000 the primary "
-           "failed after %.2f s with -ETIMEDOUT: %s\n",
-           waited, rcolo_session_error(p->s));
+           "failed after %.2f s with -ETIMEDOUT: %s; stats: longest owed "
+           "wait %.3f s\n",
+           waited, rcolo_session_error(p->s), owed_max);
     primary_close(p);
+    return 0;
+}
+
+/*
+ * A peer whose process stops while nothing is owed (COLO between
+ * checkpoints, or waiting for a reply on the stream): only the keepalive
+ * can notice.  Part 1: the secondary stops, the idle primary's session
+ * must fail; part 2: the primary stops, the idle secondary's must.
+ */
+static double wait_failed(struct rcolo_session *s, double t0)
+{
+    while (rcolo_session_status(s) == 0) {
+        if (now_s() - t0 > 20) {
+            FAIL("no error 20 s after the peer was stopped");
+        }
+        usleep(10000);
+    }
+    return now_s() - t0;
+}
+
+static void check_keepalive_failure(struct rcolo_session *s, double waited,
+                                    const char *who)
+{
+    CHECK(rcolo_session_status(s) == -ETIMEDOUT, "%s: status %d (%s)", who,
+          rcolo_session_status(s), rcolo_session_error(s));
+    CHECK(strstr(rcolo_session_error(s), "keepalive") &&
+              strstr(rcolo_session_error(s), "stalled"),
+          "%s: the error does not name the stalled keepalive: %s", who,
+          rcolo_session_error(s));
+    /* Ping every 0.5 s; the unanswered one expires 2 s after it went. */
+    CHECK(waited >= 1.4 && waited < 6, "%s failed %.2f s after the stop",
+          who, waited);
+}
+
+static int test_stall_idle(void)
+{
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    char port[8];
+    double waited;
+    int fds[2];
+
+    /* Every child is forked before this process uses verbs.  The child of
+     * part 2 is the primary: it waits for the port, connects, goes idle. */
+    uri_timeout_ms = 2000;
+    CHECK(pipe(fds) == 0, "pipe");
+    pid_t idle_primary = fork();
+    CHECK(idle_primary >= 0, "fork");
+    if (idle_primary == 0) {
+        struct rcolo_session *ps;
+        struct rcolo_channel *ch;
+        uint16_t p16;
+        side = "primary";
+        close(fds[1]);
+        CHECK(read(fds[0], &p16, sizeof(p16)) == sizeof(p16), "no port");
+        snprintf(port, sizeof(port), "%u", p16);
+        uri_for(&uri, port, NULL);
+        CHECK(rcolo_connect(&uri, TIMEOUT_MS, &ps, &err) == 0, "connect: %s",
+              err.message);
+        CHECK(rcolo_channel_connect(ps, 0, TIMEOUT_MS, &ch, &err) == 0,
+              "channel: %s", err.message);
+        for (;;) {
+            pause();
+        }
+    }
+    close(fds[0]);
+    pid_t child = fork_secondary(port, sizeof(port), NULL, false);
+
+    /* Part 1: the secondary stops while the primary sends nothing. */
+    struct primary *p = connect_primary(port, NULL);
+    int ret = rcolo_fence(p->s, TIMEOUT_MS);
+    CHECK(ret == 0, "fence: %d (%s)", ret, rcolo_session_error(p->s));
+    usleep(1500000); /* idle, healthy: keepalives come and go */
+    CHECK(rcolo_session_status(p->s) == 0, "idle session failed: %s",
+          rcolo_session_error(p->s));
+    kill(child, SIGSTOP);
+    waited = wait_failed(p->s, now_s());
+    check_keepalive_failure(p->s, waited, "primary");
+    printf("test-transport stall-idle: secondary SIGSTOPped while the "
+           "primary sent nothing: the primary failed after %.2f s "
+           "(timeout=2000): %s\n",
+           waited, rcolo_session_error(p->s));
+    kill(child, SIGKILL);
+    wait_child(child);
+    primary_close(p);
+
+    /* Part 2: the primary stops while the secondary waits for data. */
+    side = "secondary";
+    struct rcolo_session *s;
+    struct rcolo_channel *ch;
+    uri_for(&uri, "0", NULL);
+    CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
+    uint16_t p16 = (uint16_t)rcolo_session_port(s);
+    CHECK(write(fds[1], &p16, sizeof(p16)) == sizeof(p16), "pipe");
+    close(fds[1]);
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &ch, &err) == 0, "channel: %s",
+          err.message);
+    usleep(1500000);
+    CHECK(rcolo_session_status(s) == 0, "idle session failed: %s",
+          rcolo_session_error(s));
+    kill(idle_primary, SIGSTOP);
+    waited = wait_failed(s, now_s());
+    check_keepalive_failure(s, waited, "secondary");
+    printf("test-transport stall-idle: primary SIGSTOPped while idle: the "
+           "secondary failed after %.2f s: %s\n",
+           waited, rcolo_session_error(s));
+    kill(idle_primary, SIGKILL);
+    wait_child(idle_primary);
+    rcolo_session_destroy(s);
     return 0;
 }
 
@@ -1362,6 +1491,8 @@ int main(int argc, char **argv)
         return test_kill_secondary();
     } else if (!strcmp(test_name, "stall-secondary")) {
         return test_stall_secondary();
+    } else if (!strcmp(test_name, "stall-idle")) {
+        return test_stall_idle();
     } else if (!strcmp(test_name, "kill-primary")) {
         return test_kill_primary();
     } else if (!strcmp(test_name, "stream")) {

@@ -348,6 +348,36 @@ static void test_fence_and_credit(void **state)
     assert_int_equal(rcolo_hdr_decode(buf, n, &h), -EPROTO);
 }
 
+/* A ping and its reply round-trip; anything else with the keepalive type
+ * (unknown flags, credits, a body, another type) is refused. */
+static void test_keepalive(void **state)
+{
+    uint8_t buf[64];
+    bool reply = true;
+    size_t n = rcolo_keepalive_encode(buf, sizeof(buf), false);
+
+    (void)state;
+    assert_int_equal(n, RCOLO_HDR_LEN);
+    assert_int_equal(rcolo_keepalive_decode(buf, n, &reply), 0);
+    assert_false(reply);
+    n = rcolo_keepalive_encode(buf, sizeof(buf), true);
+    assert_int_equal(rcolo_keepalive_decode(buf, n, &reply), 0);
+    assert_true(reply);
+    assert_int_equal(rcolo_keepalive_encode(buf, RCOLO_HDR_LEN - 1, true), 0);
+
+    buf[1] = 0x02; /* unknown flag */
+    assert_int_equal(rcolo_keepalive_decode(buf, n, &reply), -EPROTO);
+    buf[1] = RCOLO_KEEPALIVE_REPLY;
+    buf[3] = 1; /* credits: a keepalive carries none */
+    assert_int_equal(rcolo_keepalive_decode(buf, n, &reply), -EPROTO);
+    buf[3] = 0;
+    assert_int_equal(rcolo_keepalive_decode(buf, n + 1, &reply), -EPROTO);
+    n = rcolo_credit_encode(buf, sizeof(buf), 0);
+    assert_int_equal(rcolo_keepalive_decode(buf, n, &reply), -EPROTO);
+    printf("unit-wire keepalive: ping and reply round-trip; unknown flags, "
+           "credits, a longer message and a CREDIT refused\n");
+}
+
 /* --------------------------------------------------------- region table */
 
 static void test_region_table(void **state)
@@ -521,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_desc_malformed),
         cmocka_unit_test(test_desc_bounds),
         cmocka_unit_test(test_fence_and_credit),
+        cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_region_table),
         cmocka_unit_test(test_region_table_invalid_entries),
         cmocka_unit_test(test_coalesce),
