@@ -64,7 +64,8 @@ int rcolo_core_init(struct rcolo_core *c, void (*on_fail)(void *opaque),
     c->status = 0;
     c->error[0] = '\0';
     c->busy_poll = false;
-    c->owed_ms = RCOLO_DEFAULT_TIMEOUT_MS;
+    c->timeout_ms = RCOLO_DEFAULT_TIMEOUT_MS;
+    c->owed_ms = RCOLO_OWED_FACTOR * RCOLO_DEFAULT_TIMEOUT_MS;
     c->on_fail = on_fail;
     c->opaque = opaque;
     c->abort_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

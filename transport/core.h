@@ -53,7 +53,9 @@ struct rcolo_core {
     char error[256];     /* the first failure's text */
     int abort_fd;        /* eventfd: readable once the session failed */
     bool busy_poll;      /* atomic: waiters spin instead of sleeping */
-    int owed_ms;         /* how long the peer may withhold what it owes */
+    int timeout_ms;      /* timeout=: keepalive, handshake */
+    int owed_ms;         /* how long the peer may withhold what it owes:
+                            RCOLO_OWED_FACTOR * timeout_ms */
     /*
      * Called once, with @lock held, right after the first failure was
      * recorded: the session disconnects and wakes its pollers here.
@@ -102,6 +104,16 @@ struct rcolo_wait_ops {
 int rcolo_wait(struct rcolo_core *c, const struct rcolo_wait_ops *ops,
                void *ctx, bool (*done)(void *arg), void *arg, int64_t deadline,
                int64_t spin_ns);
+
+/*
+ * A peer whose process stopped is found by the keepalive within timeout=
+ * (+ a quarter); a wait for something the peer owes only has to catch a
+ * peer that runs but makes no progress, and must not fire on a slow but
+ * healthy one: the longest owed wait measured in a healthy COLO pair was
+ * 0.8 s (scripts/colo-sweep, nested TCG), and machines of the same kind
+ * run these tests up to 9 times slower.
+ */
+#define RCOLO_OWED_FACTOR 4
 
 /*
  * Deadline of a wait for something the peer owes (credits, acknowledgements,

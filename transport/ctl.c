@@ -240,9 +240,9 @@ int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err)
 
 /* ---------------------------------------------------------- keepalive */
 
-static int64_t owed_ns(const struct rcolo_session *s)
+static int64_t timeout_ns(const struct rcolo_session *s)
 {
-    return (int64_t)s->core.owed_ms * 1000000;
+    return (int64_t)s->core.timeout_ms * 1000000;
 }
 
 /* A ping or a reply, header only, needing no credit: at most one of each
@@ -276,23 +276,23 @@ int rcolo_ctl_keepalive_locked(struct rcolo_session *s)
         c->ka_reply_owed = false;
     }
     if (c->ka_sent) {
-        next = c->ka_sent + owed_ns(s);
+        next = c->ka_sent + timeout_ns(s);
         if (now >= next) {
             rcolo_fail_locked(&s->core, -ETIMEDOUT,
                               "the peer stalled: it answered no keepalive "
                               "for %d ms (its process is stopped or hung?)",
-                              s->core.owed_ms);
+                              s->core.timeout_ms);
             return -1;
         }
     } else {
         if (!c->ka_next) {
             /* A ping every quarter of the timeout. */
-            c->ka_next = now + owed_ns(s) / 4;
+            c->ka_next = now + timeout_ns(s) / 4;
         }
         next = c->ka_next;
         if (now >= next && send_keepalive_locked(s, false) == 0) {
             c->ka_sent = now;
-            next = now + owed_ns(s);
+            next = now + timeout_ns(s);
         }
     }
     if (s->core.status) {
@@ -317,7 +317,7 @@ static void on_keepalive(struct rcolo_session *s, const uint8_t *buf,
                           "control connection: keepalive reply to no ping");
     } else if (reply) {
         c->ka_sent = 0;
-        c->ka_next = rcolo_now_ns() + owed_ns(s) / 4;
+        c->ka_next = rcolo_now_ns() + timeout_ns(s) / 4;
     } else if (c->ka_reply_owed) {
         rcolo_fail_locked(&s->core, -EPROTO,
                           "control connection: a second keepalive ping "

@@ -131,9 +131,9 @@ struct rcolo_ctl {
      * noticed even when nothing else is owed (a COLO reply awaited on the
      * stream is not).  Times are rcolo_now_ns(); 0: not yet / none.
      */
-    int64_t ka_next;       /* when the next ping goes */
-    int64_t ka_sent;       /* when the unanswered ping went */
-    bool ka_reply_owed;    /* the peer's ping is not answered yet */
+    int64_t ka_next;            /* when the next ping goes */
+    int64_t ka_sent;            /* when the unanswered ping went */
+    bool ka_reply_owed;         /* the peer's ping is not answered yet */
     int fd;                     /* eventfd: readable while data/eof/error */
     pthread_mutex_t write_lock; /* one writer at a time */
 };

@@ -102,7 +102,8 @@ static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
         g_free(s);
         return ret;
     }
-    s->core.owed_ms = (int)uri->timeout_ms;
+    s->core.timeout_ms = (int)uri->timeout_ms;
+    s->core.owed_ms = RCOLO_OWED_FACTOR * (int)uri->timeout_ms;
     pthread_mutex_init(&s->ctl.write_lock, NULL);
     s->regions = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
                                        rcolo_region_free);
@@ -187,7 +188,7 @@ static int issue_challenge(struct rcolo_session *s,
         c->expires = 0;
         return ret;
     }
-    c->expires = rcolo_deadline(s->core.owed_ms);
+    c->expires = rcolo_deadline(s->core.timeout_ms);
     memcpy(snonce, c->snonce, RCOLO_NONCE_LEN);
     return 0;
 }
@@ -356,7 +357,7 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
         s->state = RCOLO_SESSION_ACCEPTING;
         /* The primary proved the token; completing the connection is
          * owed (its RTU comes from its process, which may be stopped). */
-        s->accept_deadline = rcolo_owed_deadline(&s->core);
+        s->accept_deadline = rcolo_deadline(s->core.timeout_ms);
     } else {
         id->context = ch;
         ch->state = RCOLO_CHAN_CONNECTING;
@@ -476,7 +477,7 @@ static void *session_thread(void *opaque)
                 rcolo_fail_locked(&s->core, -ETIMEDOUT,
                                   "the primary did not complete the control "
                                   "connection within %d ms (stalled?)",
-                                  s->core.owed_ms);
+                                  s->core.timeout_ms);
                 timeout = -1;
             }
         }

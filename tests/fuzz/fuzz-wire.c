@@ -127,6 +127,15 @@ static void small(const uint8_t *p, size_t n)
         FUZZ_CHECK(h.type >= 1 && h.type < RCOLO_MSG__MAX);
     }
     (void)rcolo_fence_ack_decode(p, n, &seq);
+    bool reply;
+    if (rcolo_keepalive_decode(p, n, &reply) == 0) {
+        /* Accepted: exactly what rcolo_keepalive_encode makes. */
+        uint8_t again[RCOLO_HDR_LEN];
+        FUZZ_CHECK(n == RCOLO_HDR_LEN);
+        FUZZ_CHECK(rcolo_keepalive_encode(again, sizeof(again), reply) ==
+                   RCOLO_HDR_LEN);
+        FUZZ_CHECK(memcmp(again, p, RCOLO_HDR_LEN) == 0);
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

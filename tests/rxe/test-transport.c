@@ -828,8 +828,8 @@ static void check_keepalive_failure(struct rcolo_session *s, double waited,
           "%s: the error does not name the stalled keepalive: %s", who,
           rcolo_session_error(s));
     /* Ping every 0.5 s; the unanswered one expires 2 s after it went. */
-    CHECK(waited >= 1.4 && waited < 6, "%s failed %.2f s after the stop",
-          who, waited);
+    CHECK(waited >= 1.4 && waited < 6, "%s failed %.2f s after the stop", who,
+          waited);
 }
 
 static int test_stall_idle(void)
@@ -908,6 +908,72 @@ static int test_stall_idle(void)
     kill(idle_primary, SIGKILL);
     wait_child(idle_primary);
     rcolo_session_destroy(s);
+    return 0;
+}
+
+/*
+ * A secondary whose process runs (its session thread answers every
+ * keepalive) but whose application consumes nothing: the primary's wait
+ * for credits is what must end, after the owed deadline
+ * (RCOLO_OWED_FACTOR x timeout=), with an error that names it.
+ */
+static int stubborn_secondary(int port_fd, void *arg)
+{
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = listen_port0();
+    struct rcolo_channel *ch[CHANNELS];
+    uint8_t *cache = map_region(MAIN_LEN);
+    uint8_t *huge = map_region(HUGE_LEN);
+
+    (void)arg;
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", cache, MAIN_LEN, PAGE, &err) ==
+              0,
+          "region: %s", err.message);
+    CHECK(rcolo_region_add(s, HUGE_ID, "huge.ram", huge, HUGE_LEN, HUGE_PAGE,
+                           &err) == 0,
+          "region: %s", err.message);
+    report_port(s, port_fd);
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        CHECK(rcolo_channel_accept(s, i, TIMEOUT_MS, &ch[i], &err) == 0,
+              "channel %u: %s", i, err.message);
+    }
+    sleep(60); /* alive, consuming nothing; the parent kills us */
+    return 0;
+}
+
+static int test_stall_owed(void)
+{
+    char port[8];
+    uint64_t off = 0;
+    int ret;
+
+    uri_timeout_ms = 2000;
+    pid_t child = fork_peer(stubborn_secondary, NULL, port, sizeof(port));
+    struct primary *p = connect_primary(port, NULL);
+    double t0 = now_s(), waited;
+    while ((ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0)) ==
+           0) {
+        off = (off + PAGE) % MAIN_LEN;
+        if (now_s() - t0 > 30) {
+            FAIL("no error 30 s after the secondary stopped consuming");
+        }
+    }
+    waited = now_s() - t0;
+    CHECK(ret == -ETIMEDOUT, "primary returned %d (%s), not -ETIMEDOUT", ret,
+          rcolo_session_error(p->s));
+    CHECK(strstr(rcolo_session_error(p->s), "returned no credit for 8000 ms"),
+          "the error does not name the owed credits: %s",
+          rcolo_session_error(p->s));
+    CHECK(waited >= 7.5 && waited < 15,
+          "failed %.2f s after the first write, owed deadline 8 s", waited);
+    kill(child, SIGKILL);
+    wait_child(child);
+    printf("test-transport stall-owed: a secondary that answers keepalives "
+           "but consumes nothing: with timeout=2000 the primary failed after "
+           "%.2f s (owed deadline 4 x 2 s) with -ETIMEDOUT: %s\n",
+           waited, rcolo_session_error(p->s));
+    primary_close(p);
     return 0;
 }
 
@@ -1493,6 +1559,8 @@ int main(int argc, char **argv)
         return test_stall_secondary();
     } else if (!strcmp(test_name, "stall-idle")) {
         return test_stall_idle();
+    } else if (!strcmp(test_name, "stall-owed")) {
+        return test_stall_owed();
     } else if (!strcmp(test_name, "kill-primary")) {
         return test_kill_primary();
     } else if (!strcmp(test_name, "stream")) {
