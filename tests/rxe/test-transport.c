@@ -743,6 +743,22 @@ static int test_kill_secondary(void)
  * the primary's session with an error that says so, within the session's
  * timeout, instead of blocking it forever in a credit or fence wait.
  */
+/* A session ended by a stalled peer: -ETIMEDOUT, an error that says
+ * @want, between @lo and @hi seconds after the stall began. */
+static void check_stall_error(struct rcolo_session *s, int ret,
+                              const char *want, double waited, double lo,
+                              double hi, const char *who)
+{
+    CHECK(ret == -ETIMEDOUT, "%s returned %d (%s), not -ETIMEDOUT", who, ret,
+          rcolo_session_error(s));
+    CHECK(strstr(rcolo_session_error(s), want),
+          "%s: the error does not say \"%s\": %s", who, want,
+          rcolo_session_error(s));
+    CHECK(waited >= lo && waited < hi,
+          "%s failed %.2f s after the stall began, expected %.1f-%.0f s", who,
+          waited, lo, hi);
+}
+
 static int test_stall_secondary(void)
 {
     char port[8];
@@ -773,13 +789,7 @@ static int test_stall_secondary(void)
         }
     }
     waited = now_s() - t_stop;
-    CHECK(ret == -ETIMEDOUT, "primary returned %d (%s), not -ETIMEDOUT", ret,
-          rcolo_session_error(p->s));
-    CHECK(strstr(rcolo_session_error(p->s), "stalled"),
-          "the error does not say the peer stalled: %s",
-          rcolo_session_error(p->s));
-    CHECK(waited >= 1.5 && waited < 10,
-          "failed %.2f s after the stop, timeout 2 s", waited);
+    check_stall_error(p->s, ret, "stalled", waited, 1.5, 10, "primary");
     /* The wait cut short by the failure is the longest owed wait the stats
      * report: the credit wait's own 2 s, or less when the keepalive (a
      * ping sent up to 0.5 s before the stop) expired first. */
@@ -821,15 +831,9 @@ static double wait_failed(struct rcolo_session *s, double t0)
 static void check_keepalive_failure(struct rcolo_session *s, double waited,
                                     const char *who)
 {
-    CHECK(rcolo_session_status(s) == -ETIMEDOUT, "%s: status %d (%s)", who,
-          rcolo_session_status(s), rcolo_session_error(s));
-    CHECK(strstr(rcolo_session_error(s), "keepalive") &&
-              strstr(rcolo_session_error(s), "stalled"),
-          "%s: the error does not name the stalled keepalive: %s", who,
-          rcolo_session_error(s));
     /* Ping every 0.5 s; the unanswered one expires 2 s after it went. */
-    CHECK(waited >= 1.4 && waited < 6, "%s failed %.2f s after the stop", who,
-          waited);
+    check_stall_error(s, rcolo_session_status(s),
+                      "stalled: it answered no keepalive", waited, 1.4, 6, who);
 }
 
 static int test_stall_idle(void)
@@ -960,13 +964,8 @@ static int test_stall_owed(void)
         }
     }
     waited = now_s() - t0;
-    CHECK(ret == -ETIMEDOUT, "primary returned %d (%s), not -ETIMEDOUT", ret,
-          rcolo_session_error(p->s));
-    CHECK(strstr(rcolo_session_error(p->s), "returned no credit for 8000 ms"),
-          "the error does not name the owed credits: %s",
-          rcolo_session_error(p->s));
-    CHECK(waited >= 7.5 && waited < 15,
-          "failed %.2f s after the first write, owed deadline 8 s", waited);
+    check_stall_error(p->s, ret, "returned no credit for 8000 ms", waited, 7.5,
+                      15, "primary");
     kill(child, SIGKILL);
     wait_child(child);
     printf("test-transport stall-owed: a secondary that answers keepalives "
