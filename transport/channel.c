@@ -540,7 +540,7 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     return ret;
 }
 
-int rcolo_channel_fence_post(struct rcolo_channel *ch)
+static int post_fence(struct rcolo_channel *ch, uint8_t flags)
 {
     struct rcolo_chan_tx *tx = &ch->tx;
     int slot;
@@ -561,15 +561,29 @@ int rcolo_channel_fence_post(struct rcolo_channel *ch)
     }
     size_t len =
         rcolo_desc_encode(rcolo_slot_buf(&ch->send, (uint32_t)slot),
-                          ch->send.size, true, 0, ++tx->seq, NULL, 0, NULL, 0);
+                          ch->send.size, flags, 0, ++tx->seq, NULL, 0, NULL, 0);
     ret =
         post_send_slot(ch, (uint32_t)slot, (uint32_t)len, tx->wrs, tx->sges, 0);
     if (ret) {
         return ret;
     }
     rcolo_fence_tx_post(&tx->fence, tx->seq);
-    stat_add(&ch->stats.fences, 1);
+    if (flags & RCOLO_DESC_FLAG_BARRIER) {
+        stat_add(&ch->stats.barriers, 1);
+    } else {
+        stat_add(&ch->stats.fences, 1);
+    }
     return 0;
+}
+
+int rcolo_channel_fence_post(struct rcolo_channel *ch)
+{
+    return post_fence(ch, RCOLO_DESC_FLAG_FENCE);
+}
+
+int rcolo_channel_barrier_post(struct rcolo_channel *ch)
+{
+    return post_fence(ch, RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER);
 }
 
 static bool fence_acked(void *arg)
@@ -622,6 +636,10 @@ static int secondary_send_ctl(struct rcolo_channel *ch,
     return post_send_slot(ch, (uint32_t)slot, (uint32_t)len, &wr, &sge, 0);
 }
 
+static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
+                   bool barrier);
+
+/* 0: @desc is the application's; 1: a barrier, answered here; or -errno. */
 static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
 {
     struct rcolo_chan_rx *rx = &ch->rx;
@@ -643,6 +661,15 @@ static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
     memset(desc, 0, sizeof(*desc));
     desc->seq = v.seq;
     desc->priv_ = (void *)(uintptr_t)(slot + 1);
+    if (v.barrier) {
+        /*
+         * Ours to answer: released now, acked (by rcolo_rx_release) once
+         * the application released every earlier descriptor.
+         */
+        desc->kind = RCOLO_DESC_FENCE;
+        int ret = release(ch, desc, true);
+        return ret ? ret : 1;
+    }
     if (v.fence) {
         desc->kind = RCOLO_DESC_FENCE;
         return 0;
@@ -693,44 +720,55 @@ static bool descriptor_ready(void *arg)
 int rcolo_channel_recv(struct rcolo_channel *ch, struct rcolo_desc *desc,
                        int timeout_ms)
 {
+    int64_t deadline = rcolo_deadline(timeout_ms);
     int ret;
 
     if (ch->role != RCOLO_SECONDARY) {
         return -EINVAL;
     }
-    ret = rcolo_status(ch->core);
-    if (ret) {
-        return ret;
-    }
-    if (timeout_ms == 0) {
-        /*
-         * Event-loop use: consume stale events, arm, and look once more (a
-         * completion may have raced with arming), so that
-         * rcolo_channel_fd() polls readable exactly when work comes.
-         */
-        if (!descriptor_ready(ch)) {
-            ret = chan_progress(ch);
-        }
-        if (ret >= 0 && !descriptor_ready(ch)) {
-            struct ibv_cq *cq;
-            void *ctx;
-            while (ibv_get_cq_event(ch->res.comp, &cq, &ctx) == 0) {
-                ibv_ack_cq_events(cq, 1);
-            }
-            ibv_req_notify_cq(ch->res.cq, 0);
-            ret = chan_progress(ch);
-        }
-        if (ret < 0) {
+    do {
+        ret = rcolo_status(ch->core);
+        if (ret) {
             return ret;
         }
-        return descriptor_ready(ch) ? take_descriptor(ch, desc) : -EAGAIN;
-    }
-    ret = chan_wait(ch, descriptor_ready, rcolo_deadline(timeout_ms),
-                    RCOLO_SPIN_NS);
-    return ret ? ret : take_descriptor(ch, desc);
+        if (timeout_ms == 0) {
+            /*
+             * Event-loop use: consume stale events, arm, and look once more
+             * (a completion may have raced with arming), so that
+             * rcolo_channel_fd() polls readable exactly when work comes.
+             */
+            if (!descriptor_ready(ch)) {
+                ret = chan_progress(ch);
+            }
+            if (ret >= 0 && !descriptor_ready(ch)) {
+                struct ibv_cq *cq;
+                void *ctx;
+                while (ibv_get_cq_event(ch->res.comp, &cq, &ctx) == 0) {
+                    ibv_ack_cq_events(cq, 1);
+                }
+                ibv_req_notify_cq(ch->res.cq, 0);
+                ret = chan_progress(ch);
+            }
+            if (ret < 0) {
+                return ret;
+            }
+            if (!descriptor_ready(ch)) {
+                return -EAGAIN;
+            }
+        } else {
+            ret = chan_wait(ch, descriptor_ready, deadline, RCOLO_SPIN_NS);
+            if (ret) {
+                return ret;
+            }
+        }
+        /* A barrier is not the caller's: look for the next descriptor. */
+        ret = take_descriptor(ch, desc);
+    } while (ret == 1);
+    return ret;
 }
 
-int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
+static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
+                   bool barrier)
 {
     uint32_t slot = (uint32_t)((uintptr_t)desc->priv_ - 1);
     int ret;
@@ -751,13 +789,20 @@ int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
     bool fence = desc->kind == RCOLO_DESC_FENCE;
     struct rcolo_rx_reply reply =
         rcolo_rx_release(&ch->rx.flow, fence, desc->seq);
-    if (fence) {
+    if (barrier) {
+        stat_add(&ch->stats.barriers, 1);
+    } else if (fence) {
         stat_add(&ch->stats.fences, 1);
     }
     if (reply.credits || reply.ack) {
         return secondary_send_ctl(ch, reply);
     }
     return 0;
+}
+
+int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
+{
+    return release(ch, desc, false);
 }
 
 /* ------------------------------------------------------------ fence */

@@ -47,7 +47,7 @@
 extern "C" {
 #endif
 
-#define RCOLO_PROTOCOL_VERSION 3
+#define RCOLO_PROTOCOL_VERSION 4
 
 /* Limits that bound every message on the wire (see docs/protocol.md). */
 #define RCOLO_MAX_CHANNELS       64
@@ -289,6 +289,19 @@ int rcolo_fence(struct rcolo_session *s, int timeout_ms);
 int rcolo_channel_fence_post(struct rcolo_channel *ch);
 int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms);
 
+/*
+ * Primary: a barrier, the fence for pages written between checkpoints.
+ * rcolo_channel_fence_wait() returns once every page written on @ch before
+ * it is placed and its descriptor released, exactly as for a fence; but the
+ * secondary's library acknowledges it itself, without handing it to
+ * rcolo_channel_recv()'s caller, whose own fence protocol (QEMU's multifd
+ * sync with its main thread) is left alone.  It orders the pages before
+ * the next ones written on any channel: a page written again later, maybe
+ * on another channel, can never be overtaken by this older copy.  Returns 0
+ * or -errno.
+ */
+int rcolo_channel_barrier_post(struct rcolo_channel *ch);
+
 /* What the secondary receives. */
 enum rcolo_desc_kind {
     RCOLO_DESC_PAGES = 1, /* pages were placed; mark them */
@@ -379,7 +392,8 @@ struct rcolo_channel_stats {
      * send-queue room, a fence acknowledgement), in ns: how close a
      * healthy session came to the stall timeout (timeout=). */
     uint64_t owed_wait_ns_max;
-    uint64_t reserved[7]; /* zero; room for counters without an ABI break */
+    uint64_t barriers; /* barriers posted (primary) or answered (secondary) */
+    uint64_t reserved[6]; /* zero; room for counters without an ABI break */
 };
 
 struct rcolo_session_stats {

@@ -1195,6 +1195,7 @@ int rcolo_session_get_stats(struct rcolo_session *s,
         out->total.descriptors += c.descriptors;
         out->total.credit_waits += c.credit_waits;
         out->total.fences += c.fences;
+        out->total.barriers += c.barriers;
         if (c.owed_wait_ns_max > out->total.owed_wait_ns_max) {
             out->total.owed_wait_ns_max = c.owed_wait_ns_max;
         }

@@ -338,7 +338,7 @@ int rcolo_hdr_decode(const void *buf, size_t len, struct rcolo_hdr *h)
     return 0;
 }
 
-size_t rcolo_desc_encode(uint8_t *buf, size_t size, bool fence,
+size_t rcolo_desc_encode(uint8_t *buf, size_t size, uint8_t flags,
                          uint32_t region_id, uint64_t seq,
                          const uint64_t *offsets, uint32_t n,
                          const uint64_t *zero, uint32_t nzero)
@@ -346,15 +346,18 @@ size_t rcolo_desc_encode(uint8_t *buf, size_t size, bool fence,
     uint8_t *p = buf;
     size_t len;
 
-    if ((uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES) {
+    if ((uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES ||
+        (flags & ~(RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER)) ||
+        ((flags & RCOLO_DESC_FLAG_BARRIER) &&
+         !(flags & RCOLO_DESC_FLAG_FENCE)) ||
+        ((flags & RCOLO_DESC_FLAG_FENCE) && n + nzero)) {
         return 0;
     }
     len = RCOLO_DESC_FIXED_LEN + 8 * ((size_t)n + nzero);
     if (size < len) {
         return 0;
     }
-    hdr_put(&p, RCOLO_MSG_DESC, fence ? RCOLO_DESC_FLAG_FENCE : 0, 0,
-            (uint32_t)len);
+    hdr_put(&p, RCOLO_MSG_DESC, flags, 0, (uint32_t)len);
     put32(&p, region_id);
     put32(&p, n);
     put32(&p, nzero);
@@ -375,11 +378,16 @@ int rcolo_desc_decode(const void *buf, size_t len, struct rcolo_desc_view *d)
     const uint8_t *p = buf;
 
     if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_DESC ||
-        len < RCOLO_DESC_FIXED_LEN || (h.flags & ~RCOLO_DESC_FLAG_FENCE)) {
+        len < RCOLO_DESC_FIXED_LEN ||
+        (h.flags & ~(RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER))) {
         return -EPROTO;
     }
     p += RCOLO_HDR_LEN;
     d->fence = h.flags & RCOLO_DESC_FLAG_FENCE;
+    d->barrier = h.flags & RCOLO_DESC_FLAG_BARRIER;
+    if (d->barrier && !d->fence) {
+        return -EPROTO; /* a barrier is a kind of fence */
+    }
     d->region_id = get32(&p);
     d->n = get32(&p);
     d->nzero = get32(&p);

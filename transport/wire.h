@@ -164,6 +164,10 @@ struct rcolo_hdr {
 };
 
 #define RCOLO_DESC_FLAG_FENCE 0x01
+/* With FENCE: a barrier, which the secondary's library acknowledges itself
+ * once every earlier descriptor of the channel is released; it is never
+ * handed to the application (protocol version 4). */
+#define RCOLO_DESC_FLAG_BARRIER 0x02
 
 /* DESC: header, region id, normal count, zero count, reserved, seq, then
  * (normal + zero) 64-bit offsets. */
@@ -172,6 +176,7 @@ struct rcolo_hdr {
 
 struct rcolo_desc_view {
     bool fence;
+    bool barrier; /* implies fence */
     uint32_t region_id;
     uint32_t n;
     uint32_t nzero;
@@ -179,7 +184,9 @@ struct rcolo_desc_view {
     const uint8_t *offsets_be; /* n + nzero big-endian u64, unaligned */
 };
 
-size_t rcolo_desc_encode(uint8_t *buf, size_t size, bool fence,
+/* @flags: 0 for pages, RCOLO_DESC_FLAG_FENCE (| RCOLO_DESC_FLAG_BARRIER)
+ * for a fence, which names no pages. */
+size_t rcolo_desc_encode(uint8_t *buf, size_t size, uint8_t flags,
                          uint32_t region_id, uint64_t seq,
                          const uint64_t *offsets, uint32_t n,
                          const uint64_t *zero, uint32_t nzero);

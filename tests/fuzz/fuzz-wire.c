@@ -86,6 +86,7 @@ static void desc(const uint8_t *p, size_t n)
     FUZZ_CHECK(d.n + d.nzero <= RCOLO_MAX_DESC_PAGES);
     FUZZ_CHECK(n == RCOLO_DESC_FIXED_LEN + 8ull * (d.n + d.nzero));
     FUZZ_CHECK(!d.fence || d.n + d.nzero == 0);
+    FUZZ_CHECK(!d.barrier || d.fence);
     for (unsigned r = 0; r < 2; r++) {
         if (rcolo_desc_offsets(&d, off, regions[r].len, regions[r].page,
                                &bad)) {

@@ -153,7 +153,8 @@ struct rx_thread {
     struct secondary *sec;
     struct rcolo_channel *ch;
     pthread_t tid;
-    int result; /* the error that ended the loop */
+    int result;          /* the error that ended the loop */
+    atomic_ulong fences; /* fences handed to us (never a barrier) */
 };
 
 static void mark(struct secondary *sec, uint32_t region, uint64_t off)
@@ -173,7 +174,9 @@ static void *rx_loop(void *opaque)
             t->result = ret;
             return NULL;
         }
-        if (d.kind == RCOLO_DESC_PAGES) {
+        if (d.kind == RCOLO_DESC_FENCE) {
+            atomic_fetch_add(&t->fences, 1);
+        } else {
             for (unsigned i = 0; i < d.n; i++) {
                 mark(t->sec, d.region_id, d.offsets[i]);
             }
@@ -237,6 +240,7 @@ struct ckpt_reply {
     uint32_t index;
     uint32_t ok;
     uint64_t copied;
+    uint64_t fences_seen; /* by the receive threads, summed */
 };
 
 static int run_secondary(int port_fd, const char *token, bool expect_refusal)
@@ -303,6 +307,9 @@ static int run_secondary(int port_fd, const char *token, bool expect_refusal)
             break;
         }
         struct ckpt_reply rep = {.index = m.index, .ok = 1};
+        for (unsigned i = 0; i < CHANNELS; i++) {
+            rep.fences_seen += atomic_load(&rx[i].fences);
+        }
         for (int r = MAIN_ID; r <= HUGE_ID; r++) {
             rep.copied += flush(&sec, (uint32_t)r);
             if (hash_mem(sec.guest[r], sec.len[r]) != m.hash[r]) {
@@ -562,7 +569,30 @@ static void primary_close(struct primary *p)
     free(p);
 }
 
-static int test_replicate(void)
+/* Barriers on every channel: what QEMU does after pages sent while the
+ * guest runs, before the next pages (maybe the same ones, newer). */
+static void barrier_all(struct primary *p, unsigned k)
+{
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        int ret = rcolo_channel_barrier_post(p->ch[i]);
+        CHECK(ret == 0, "barrier %u on channel %u: %d (%s)", k, i, ret,
+              rcolo_session_error(p->s));
+    }
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        int ret = rcolo_channel_fence_wait(p->ch[i], TIMEOUT_MS);
+        CHECK(ret == 0, "barrier %u on channel %u not acked: %d (%s)", k, i,
+              ret, rcolo_session_error(p->s));
+    }
+}
+
+/*
+ * @background: each interval's pages go in two passes, as with QEMU's
+ * background sync: a first pass and a barrier while "the guest runs", then
+ * a second pass (new content, some of the same pages, other channels)
+ * and the checkpoint's fence.  The secondary must end up with the second
+ * pass's content and its receive threads must never see a barrier.
+ */
+static int test_replicate(bool background)
 {
     char port[8];
     pid_t child = fork_secondary(port, sizeof(port), "s3cret", false);
@@ -592,6 +622,11 @@ static int test_replicate(void)
         if (k > 0) {
             total_pages += dirty(p, k, &rng);
         }
+        if (k > 0 && background) {
+            barrier_all(p, k);
+            /* Same pattern (k % 6), newer content. */
+            total_pages += dirty(p, k + 6 * 1000, &rng);
+        }
         int ret = rcolo_fence(p->s, TIMEOUT_MS);
         CHECK(ret == 0, "fence %u: %d (%s)", k, ret, rcolo_session_error(p->s));
         struct ckpt_msg m = {.kind = 1, .index = k};
@@ -602,6 +637,10 @@ static int test_replicate(void)
         struct ckpt_reply rep;
         stream_read_all(p->s, &rep, sizeof(rep));
         CHECK(rep.index == k, "reply for %u, expected %u", rep.index, k);
+        CHECK(rep.fences_seen == (uint64_t)(k + 1) * CHANNELS,
+              "the secondary's receive threads saw %" PRIu64 " fences after "
+              "%u checkpoints of %d channels (a barrier reached them?)",
+              rep.fences_seen, k + 1, CHANNELS);
         CHECK(rep.ok,
               "checkpoint %u (pattern %u): secondary's guest copy "
               "differs from the primary's memory",
@@ -622,20 +661,28 @@ static int test_replicate(void)
               st.total.owed_wait_ns_max < (uint64_t)TIMEOUT_MS * 1000000,
           "longest owed wait %" PRIu64 " ns (fence max %" PRIu64 " ns)",
           st.total.owed_wait_ns_max, st.fence_ns_max);
+    CHECK(st.total.barriers == (background ? CHECKPOINTS * CHANNELS : 0),
+          "%" PRIu64 " barriers posted", st.total.barriers);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary exited %d", rc);
-    printf("test-transport replicate: device %s: %u checkpoints over %d "
-           "channels (random, runs, zero, empty, 2 MiB, hot-set pages): "
+    printf("test-transport %s: device %s: %u checkpoints over %d "
+           "channels (random, runs, zero, empty, 2 MiB, hot-set pages%s): "
            "%" PRIu64 " pages dirtied, %" PRIu64 " bytes RDMA-written in "
            "%" PRIu64 " WRs, %" PRIu64 " descriptors, %" PRIu64 " fences "
-           "(mean %.1f us); longest wait for the secondary %.1f ms "
-           "(data), %.1f ms (stream); secondary's guest copy verified equal "
-           "(hash of 256 MiB + 32 MiB) after every checkpoint; memory %s; "
-           "%.1f s\n",
-           getenv("RDMA_COLO_TEST_DEV"), CHECKPOINTS, CHANNELS, total_pages,
-           st.total.bytes, st.total.write_wrs, st.total.descriptors, st.fences,
+           "(mean %.1f us), %" PRIu64 " barriers, none seen by the "
+           "secondary's receive threads; longest wait for the secondary "
+           "%.1f ms (data), %.1f ms (stream); secondary's guest copy "
+           "verified equal (hash of 256 MiB + 32 MiB) after every "
+           "checkpoint; memory %s; %.1f s\n",
+           test_name, getenv("RDMA_COLO_TEST_DEV"), CHECKPOINTS, CHANNELS,
+           background ? "; each interval in two passes split by a barrier, "
+                        "the second re-sending pages with newer content"
+                      : "",
+           total_pages, st.total.bytes, st.total.write_wrs,
+           st.total.descriptors, st.fences,
            st.fences ? st.fence_ns_total / 1e3 / st.fences : 0.0,
-           st.total.owed_wait_ns_max / 1e6, st.stream_owed_wait_ns_max / 1e6,
+           st.total.barriers, st.total.owed_wait_ns_max / 1e6,
+           st.stream_owed_wait_ns_max / 1e6,
            odp ? "on-demand paged (device has RC write ODP)"
                : "pinned (device has no RC write ODP)",
            now_s() - t0);
@@ -1545,7 +1592,9 @@ int main(int argc, char **argv)
     test_name = argv[1];
     alarm(600);
     if (!strcmp(test_name, "replicate")) {
-        return test_replicate();
+        return test_replicate(false);
+    } else if (!strcmp(test_name, "replicate-background")) {
+        return test_replicate(true);
     } else if (!strcmp(test_name, "wrong-token")) {
         return test_refused(false);
     } else if (!strcmp(test_name, "wrong-version")) {

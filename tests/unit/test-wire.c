@@ -323,6 +323,48 @@ static void test_desc_bounds(void **state)
     (void)bad_at;
 }
 
+/* Fences and barriers name no pages; a barrier is always a fence; no other
+ * flag exists.  The encoder refuses what the decoder refuses. */
+static void test_fence_and_barrier_desc(void **state)
+{
+    uint8_t buf[256];
+    uint64_t off = 4096;
+    struct rcolo_desc_view v;
+    const uint8_t fb = RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER;
+    size_t n = rcolo_desc_encode(buf, sizeof(buf), RCOLO_DESC_FLAG_FENCE, 0,
+                                 5, NULL, 0, NULL, 0);
+
+    assert_int_equal(n, RCOLO_DESC_FIXED_LEN);
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), 0);
+    assert_true(v.fence && !v.barrier && v.seq == 5);
+    n = rcolo_desc_encode(buf, sizeof(buf), fb, 0, 6, NULL, 0, NULL, 0);
+    assert_int_equal(n, RCOLO_DESC_FIXED_LEN);
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), 0);
+    assert_true(v.fence && v.barrier && v.seq == 6);
+
+    /* a barrier that is not a fence, an unknown flag, a fence with pages */
+    buf[1] = RCOLO_DESC_FLAG_BARRIER;
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    buf[1] = RCOLO_DESC_FLAG_FENCE | 0x04;
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf),
+                                       RCOLO_DESC_FLAG_BARRIER, 0, 1, NULL, 0,
+                                       NULL, 0),
+                     0);
+    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf), 0x04, 0, 1, NULL, 0,
+                                       NULL, 0),
+                     0);
+    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf), fb, 0, 1, &off, 1,
+                                       NULL, 0),
+                     0);
+    n = rcolo_desc_encode(buf, sizeof(buf), 0, 1, 1, &off, 1, NULL, 0);
+    buf[1] = fb;
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    print_message("fence and barrier descriptors: both round-trip; a bare "
+                  "barrier flag, an unknown flag and a fence naming pages "
+                  "are refused by encoder and decoder\n");
+}
+
 static void test_fence_and_credit(void **state)
 {
     uint8_t buf[64];
@@ -550,6 +592,7 @@ int main(void)
         cmocka_unit_test(test_desc_limits),
         cmocka_unit_test(test_desc_malformed),
         cmocka_unit_test(test_desc_bounds),
+        cmocka_unit_test(test_fence_and_barrier_desc),
         cmocka_unit_test(test_fence_and_credit),
         cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_region_table),
