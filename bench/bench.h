@@ -31,6 +31,11 @@ struct options {
     unsigned zero_pct; /* share of dirty pages that become zero */
     unsigned checkpoints;
     unsigned interval_ms; /* guest run time between checkpoints */
+    unsigned slices;      /* the guest dirties in this many bursts per
+                             interval, each --dirty / slices */
+    bool background;      /* add the rdma-bg phase */
+    bool bg;              /* this phase: push all but the last burst while
+                             the guest runs, each push ended by barriers */
     unsigned channels;
     unsigned batch;        /* pages per descriptor / multifd packet */
     unsigned empty_fences; /* empty-checkpoint fences to time */
@@ -47,10 +52,14 @@ enum { BUSY_NONE, BUSY_FENCE, BUSY_ALL };
 
 /* One checkpoint's figures. */
 struct sample {
-    uint64_t pages, zero_pages, bytes;
-    uint64_t transfer_ns; /* pages sent + fence returned */
-    uint64_t fence_ns;    /* the fence alone */
-    uint64_t pri_cpu_ns;  /* primary sender threads */
+    uint64_t pages, zero_pages, bytes; /* sent at the checkpoint */
+    uint64_t bg_pages;                 /* sent while the guest ran, before
+                                          it (normal + zero) */
+    uint64_t bg_bytes;                 /* ... their payload */
+    uint64_t bg_ns;                    /* those pushes, barriers included */
+    uint64_t transfer_ns;              /* pages sent + fence returned */
+    uint64_t fence_ns;                 /* the fence alone */
+    uint64_t pri_cpu_ns;               /* primary sender threads */
     uint64_t sec_cpu_ns;  /* secondary receive threads, user + sys */
     uint64_t sec_user_ns; /* ... user only (sys includes softirq work,
                              e.g. rxe's, charged to whoever ran) */
@@ -129,6 +138,10 @@ struct primary_ops {
                 const uint64_t *zero, unsigned nzero);
     /* Channel @ch's thread: sync the channel (post + wait for the ack). */
     int (*fence)(void *ctx, unsigned ch);
+    /* Channel @ch's thread: a barrier (pages sent between checkpoints:
+     * placed and ordered, the secondary's application not involved).
+     * NULL where the transport has none. */
+    int (*barrier)(void *ctx, unsigned ch);
     /* Main thread: sync every channel at once (an empty checkpoint). */
     int (*fence_all)(void *ctx);
     /* Busy-poll instead of sleeping (the checkpoint window). */

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * The COLO checkpoint loop, the same for every transport:
- *   primary:   dirty -> send the dirty pages over N channel threads ->
- *              sync every channel -> tell the secondary (hash) -> wait
+ *   primary:   dirty (in --slices bursts while the guest "runs"; with
+ *              background sync, the dirty pages go after each burst but the
+ *              last, each push ended by barriers) -> send the pages still
+ *              dirty over N channel threads -> sync every channel -> tell
+ *              the secondary (hash) -> wait
  *   secondary: receive threads mark the bitmap; at the checkpoint the main
  *              thread flushes marked pages from the cache into its guest
  *              copy and compares memory hashes.
@@ -24,6 +27,7 @@ struct sender {
     const uint64_t *offs, *zero;
     unsigned n, nzero;
     bool stop;
+    bool barrier; /* a background push: end with a barrier, not a fence */
     int ret;
     uint64_t last_send_ns; /* when its last page batch was posted */
     uint64_t cpu_ns;       /* thread CPU used in this checkpoint */
@@ -53,7 +57,8 @@ static void *sender_thread(void *opaque)
         }
         t->last_send_ns = now_ns();
         if (!t->ret) {
-            t->ret = t->ops->fence(t->ops->ctx, t->index);
+            t->ret = t->barrier ? t->ops->barrier(t->ops->ctx, t->index)
+                                : t->ops->fence(t->ops->ctx, t->index);
         }
         t->cpu_ns = thread_cpu_ns() - cpu0;
         pthread_barrier_wait(t->done);
@@ -73,6 +78,67 @@ static void split(unsigned n, unsigned parts, unsigned batch, unsigned i,
     *len = end - *start;
 }
 
+/*
+ * The primary's dirty log: what each page became since it was last sent
+ * (0 clean, 1 written, 2 zeroed), as QEMU's dirty bitmap plus its zero-page
+ * detection see it.
+ */
+enum { PAGE_CLEAN, PAGE_WRITTEN, PAGE_ZEROED };
+
+static void log_dirty(uint8_t *log, uint32_t page_size, const uint64_t *offs,
+                      unsigned n, const uint64_t *zero, unsigned nzero)
+{
+    for (unsigned i = 0; i < n; i++) {
+        log[offs[i] / page_size] = PAGE_WRITTEN;
+    }
+    for (unsigned i = 0; i < nzero; i++) {
+        log[zero[i] / page_size] = PAGE_ZEROED;
+    }
+}
+
+/* Take the logged pages, in address order, and clean the log. */
+static void take_dirty(uint8_t *log, const struct guest *g, uint64_t *offs,
+                       unsigned *n, uint64_t *zero, unsigned *nzero)
+{
+    *n = *nzero = 0;
+    for (uint64_t p = 0; p < g->pages; p++) {
+        if (log[p] == PAGE_WRITTEN) {
+            offs[(*n)++] = p * g->page_size;
+        } else if (log[p] == PAGE_ZEROED) {
+            zero[(*nzero)++] = p * g->page_size;
+        }
+        log[p] = PAGE_CLEAN;
+    }
+}
+
+/* Hand each sender thread its share of the lists and run one round. */
+static int run_senders(struct sender *t, unsigned nch, unsigned batch,
+                       pthread_barrier_t *start, pthread_barrier_t *done,
+                       uint64_t *offs, unsigned n, uint64_t *zero,
+                       unsigned nzero, bool barrier)
+{
+    int ret = 0;
+
+    for (unsigned i = 0; i < nch; i++) {
+        unsigned s0, len;
+        split(n, nch, batch, i, &s0, &len);
+        t[i].offs = offs + s0;
+        t[i].n = len;
+        split(nzero, nch, batch, i, &s0, &len);
+        t[i].zero = zero + s0;
+        t[i].nzero = len;
+        t[i].barrier = barrier;
+    }
+    pthread_barrier_wait(start);
+    pthread_barrier_wait(done);
+    for (unsigned i = 0; i < nch; i++) {
+        if (t[i].ret && !ret) {
+            ret = t[i].ret;
+        }
+    }
+    return ret;
+}
+
 /* Open or close the checkpoint window's busy polling on both sides. */
 static int busy_poll(const struct primary_ops *ops, bool on)
 {
@@ -90,14 +156,14 @@ int drive_primary(const struct options *o, struct guest *g,
                   const struct primary_ops *ops, struct run_result *res)
 {
     unsigned nch = o->channels;
-    uint64_t maxp = workload_max_pages(o);
-    uint64_t *offs = calloc(maxp + 1, 8), *zero = calloc(maxp + 1, 8);
+    /* The dirty log can hold every page of the guest. */
+    uint64_t *offs = calloc(g->pages + 1, 8), *zero = calloc(g->pages + 1, 8);
     struct sender *t = calloc(nch, sizeof(*t));
     pthread_barrier_t start, done;
     uint64_t rng = o->seed ^ 0x5eed;
     int ret = 0;
 
-    res->name = ops->name;
+    res->name = o->bg ? "rdma-bg" : ops->name;
     res->samples = calloc(o->checkpoints, sizeof(struct sample));
     res->empty_fence_ns = calloc(o->empty_fences + 1, 8);
     pthread_barrier_init(&start, NULL, nch + 1);
@@ -108,40 +174,61 @@ int drive_primary(const struct options *o, struct guest *g,
         pthread_create(&t[i].tid, NULL, sender_thread, &t[i]);
     }
 
+    /* Each burst dirties its share of --dirty (the same workload seeds as
+     * without bursts when there is one). */
+    struct options burst = *o;
+    burst.dirty = o->dirty / o->slices;
+    uint8_t *log = calloc(g->pages, 1);
+
     for (unsigned k = 0; k < o->checkpoints && !ret; k++) {
+        struct sample *s = &res->samples[k];
         unsigned n, nzero;
-        if (o->interval_ms) {
-            usleep(o->interval_ms * 1000u); /* the guest runs */
+
+        for (unsigned j = 0; j < o->slices && !ret; j++) {
+            if (o->interval_ms) {
+                usleep(o->interval_ms * 1000u / o->slices); /* the guest runs */
+            }
+            workload_dirty(g, &burst, &rng, offs, &n, zero, &nzero,
+                           k * o->slices + j);
+            log_dirty(log, g->page_size, offs, n, zero, nzero);
+            if (o->bg && j + 1 < o->slices) {
+                /* Background sync: what is dirty now goes while the guest
+                 * runs; re-dirtied pages go again later. */
+                take_dirty(log, g, offs, &n, zero, &nzero);
+                uint64_t b0 = now_ns();
+                ret = run_senders(t, nch, o->batch, &start, &done, offs, n,
+                                  zero, nzero, true);
+                s->bg_ns += now_ns() - b0;
+                s->bg_pages += n + nzero;
+                s->bg_bytes += (uint64_t)n * g->page_size;
+                for (unsigned i = 0; i < nch; i++) {
+                    s->pri_cpu_ns += t[i].cpu_ns;
+                }
+            }
         }
-        workload_dirty(g, o, &rng, offs, &n, zero, &nzero, k);
+        if (ret) {
+            snprintf(res->error, sizeof(res->error),
+                     "%s: background push before checkpoint %u: %s (%s)",
+                     ops->name, k, strerror(ret < 0 ? -ret : ret),
+                     ops->error(ops->ctx));
+            break;
+        }
+        take_dirty(log, g, offs, &n, zero, &nzero);
         if (o->busy_poll == BUSY_ALL) {
             ret = busy_poll(ops, true); /* COLO: CHECKPOINT_REQUEST */
             if (ret) {
                 break;
             }
         }
-        for (unsigned i = 0; i < nch; i++) {
-            unsigned s0, len;
-            split(n, nch, o->batch, i, &s0, &len);
-            t[i].offs = offs + s0;
-            t[i].n = len;
-            split(nzero, nch, o->batch, i, &s0, &len);
-            t[i].zero = zero + s0;
-            t[i].nzero = len;
-        }
         uint64_t busy0 = machine_busy_ns();
         uint64_t t0 = now_ns();
-        pthread_barrier_wait(&start);
-        pthread_barrier_wait(&done);
+        ret = run_senders(t, nch, o->batch, &start, &done, offs, n, zero, nzero,
+                          false);
         uint64_t t1 = now_ns();
         uint64_t busy1 = machine_busy_ns();
 
-        struct sample *s = &res->samples[k];
         uint64_t last_send = t0;
         for (unsigned i = 0; i < nch; i++) {
-            if (t[i].ret && !ret) {
-                ret = t[i].ret;
-            }
             if (t[i].last_send_ns > last_send) {
                 last_send = t[i].last_send_ns;
             }
@@ -235,6 +322,7 @@ int drive_primary(const struct options *o, struct guest *g,
     }
     pthread_barrier_destroy(&start);
     pthread_barrier_destroy(&done);
+    free(log);
     free(t);
     free(offs);
     free(zero);

@@ -40,6 +40,14 @@ static void usage(FILE *f)
         "  --checkpoints N                 (default 20)\n"
         "  --interval MS                   guest run time between checkpoints "
         "(0)\n"
+        "  --slices N                      the guest dirties in N bursts per\n"
+        "                                  interval, --dirty/N each (1)\n"
+        "  --background                    also run rdma-bg: the dirty pages\n"
+        "                                  go after every burst but the last\n"
+        "                                  (QEMU's x-colo-background-sync), "
+        "so\n"
+        "                                  the checkpoint sends what the last\n"
+        "                                  burst dirtied\n"
         "  --channels N                    data channels (default 4)\n"
         "  --batch N                       pages per descriptor/packet (128)\n"
         "  --empty-fences N                empty checkpoints to time (200)\n"
@@ -121,6 +129,8 @@ static void parse(int argc, char **argv, struct options *o)
         O_ZERO,
         O_CKPT,
         O_INTERVAL,
+        O_SLICES,
+        O_BACKGROUND,
         O_CHAN,
         O_BATCH,
         O_EMPTY,
@@ -147,6 +157,8 @@ static void parse(int argc, char **argv, struct options *o)
         {"zero", 1, 0, O_ZERO},
         {"checkpoints", 1, 0, O_CKPT},
         {"interval", 1, 0, O_INTERVAL},
+        {"slices", 1, 0, O_SLICES},
+        {"background", 0, 0, O_BACKGROUND},
         {"channels", 1, 0, O_CHAN},
         {"batch", 1, 0, O_BATCH},
         {"empty-fences", 1, 0, O_EMPTY},
@@ -172,6 +184,7 @@ static void parse(int argc, char **argv, struct options *o)
         .pattern = PAT_RANDOM,
         .dirty = 64ull << 20,
         .checkpoints = 20,
+        .slices = 1,
         .channels = 4,
         .batch = 128,
         .empty_fences = 200,
@@ -241,6 +254,12 @@ static void parse(int argc, char **argv, struct options *o)
             break;
         case O_INTERVAL:
             o->interval_ms = parse_uint(optarg, 0, 100000, "--interval");
+            break;
+        case O_SLICES:
+            o->slices = parse_uint(optarg, 1, 64, "--slices");
+            break;
+        case O_BACKGROUND:
+            o->background = true;
             break;
         case O_CHAN:
             o->channels = parse_uint(optarg, 1, 64, "--channels");
@@ -312,6 +331,11 @@ static void parse(int argc, char **argv, struct options *o)
         o->size % o->page_size || o->size < o->page_size) {
         BENCH_ERR("--size must be a multiple of --page-size (a power of two "
                   ">= 4096)");
+        exit(2);
+    }
+    if (o->background && (!o->run_rdma || o->slices < 2)) {
+        BENCH_ERR("--background needs the rdma transport and --slices >= 2 "
+                  "(pages can only go between bursts)");
         exit(2);
     }
     if (!o->tcp_addr && (!strcmp(o->role, "both") || o->run_tcp)) {
@@ -430,7 +454,7 @@ static int both_phase(const struct options *o, bool rdma,
 int main(int argc, char **argv)
 {
     struct options o;
-    struct run_result res[2] = {{0}};
+    struct run_result res[3] = {{0}};
     unsigned nr = 0;
     int ret = 0;
 
@@ -441,6 +465,9 @@ int main(int argc, char **argv)
         if (o.run_rdma) {
             ret = secondary_phase(&o, true, -1);
         }
+        if (!ret && o.background) {
+            ret = secondary_phase(&o, true, -1); /* rdma-bg */
+        }
         if (!ret && o.run_tcp) {
             ret = secondary_phase(&o, false, -1);
         }
@@ -448,14 +475,23 @@ int main(int argc, char **argv)
     }
 
     bool both = !strcmp(o.role, "both");
-    res[0].name = o.run_rdma ? "rdma" : "tcp";
-    res[1].name = "tcp";
     if (o.run_rdma) {
+        res[nr].name = "rdma";
         ret = both ? both_phase(&o, true, &res[nr])
                    : primary_phase(&o, true, 0, &res[nr]);
         nr++;
     }
+    if (!ret && o.background) {
+        struct options bg = o;
+
+        bg.bg = true;
+        res[nr].name = "rdma-bg";
+        ret = both ? both_phase(&bg, true, &res[nr])
+                   : primary_phase(&bg, true, 0, &res[nr]);
+        nr++;
+    }
     if (!ret && o.run_tcp) {
+        res[nr].name = "tcp";
         ret = both ? both_phase(&o, false, &res[nr])
                    : primary_phase(&o, false, o.tcp_port, &res[nr]);
         nr++;

@@ -80,6 +80,13 @@ static int p_fence(void *ctx, unsigned ch)
     return ret ? ret : rcolo_channel_fence_wait(p->ch[ch], TIMEOUT_MS);
 }
 
+static int p_barrier(void *ctx, unsigned ch)
+{
+    struct rdma_primary *p = ctx;
+    int ret = rcolo_channel_barrier_post(p->ch[ch]);
+    return ret ? ret : rcolo_channel_fence_wait(p->ch[ch], TIMEOUT_MS);
+}
+
 static int p_fence_all(void *ctx)
 {
     return rcolo_fence(((struct rdma_primary *)ctx)->s, TIMEOUT_MS);
@@ -144,6 +151,7 @@ int rdma_primary(const struct options *o, struct guest *g,
         .ctx = &p,
         .send = p_send,
         .fence = p_fence,
+        .barrier = p_barrier,
         .fence_all = p_fence_all,
         .busy_poll = p_busy_poll,
         .ctl_write = p_ctl_write,

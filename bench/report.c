@@ -63,6 +63,7 @@ struct summary {
     double pri_cpu_per_gib, sec_cpu_per_gib, sec_user_per_gib;
     double sys_cpu_per_gib, flush_ms;
     double empty_p50_us, empty_p99_us;
+    double ckpt_pages, bg_pages, bg_ms; /* means per checkpoint */
     uint64_t bytes, pages;
 };
 
@@ -94,6 +95,13 @@ static void summarize(const struct run_result *r, struct summary *s)
         secu += x->sec_user_ns;
         sys += x->sys_cpu_ns;
         fl += x->flush_ns;
+        s->bg_pages += x->bg_pages;
+        s->bg_ms += x->bg_ns / 1e6;
+    }
+    if (r->count) {
+        s->ckpt_pages = (double)s->pages / r->count;
+        s->bg_pages /= r->count;
+        s->bg_ms /= r->count;
     }
     qsort(t, r->count, 8, cmp_u64);
     if (r->count) {
@@ -108,7 +116,13 @@ static void summarize(const struct run_result *r, struct summary *s)
         s->MBps = s->bytes * 1e3 / total_ns;
         s->pages_per_s = s->pages * 1e9 / total_ns;
     }
-    double gib = s->bytes / (double)(1ull << 30);
+    /* CPU per GiB moved, background pages included (the secondary's
+     * receive CPU covers them too). */
+    uint64_t moved = s->bytes;
+    for (unsigned i = 0; i < r->count; i++) {
+        moved += r->samples[i].bg_bytes;
+    }
+    double gib = moved / (double)(1ull << 30);
     if (gib > 0) {
         s->pri_cpu_per_gib = pri / 1e9 / gib;
         s->sec_cpu_per_gib = sec / 1e9 / gib;
@@ -135,16 +149,17 @@ static const char *pattern_name(enum pattern p)
 void report_table(const struct options *o, const struct run_result *r,
                   unsigned nr, const struct wire_limit *w)
 {
-    struct summary s[2];
-    const struct summary *rdma = NULL, *tcp = NULL;
+    struct summary s[3];
+    const struct summary *rdma = NULL, *tcp = NULL, *bg = NULL;
 
     printf("\nrdma-colo-bench: %llu MiB guest, %u-byte pages, pattern %s, "
-           "%llu MiB dirtied per checkpoint (%u%% zero), %u channels, "
+           "%llu MiB dirtied per checkpoint in %u burst%s (%u%% zero), "
+           "%u channels, "
            "%u pages per descriptor, %u checkpoints, seed %llu\n",
            (unsigned long long)(o->size >> 20), o->page_size,
            pattern_name(o->pattern), (unsigned long long)(o->dirty >> 20),
-           o->zero_pct, o->channels, o->batch, o->checkpoints,
-           (unsigned long long)o->seed);
+           o->slices, o->slices > 1 ? "s" : "", o->zero_pct, o->channels,
+           o->batch, o->checkpoints, (unsigned long long)o->seed);
     if (w->have) {
         printf("wire limit (perftest, same device, same run): ib_write_bw "
                "4 KiB %.1f MB/s, 64 KiB %.1f MB/s; ib_write_lat 8 B %.2f us, "
@@ -160,6 +175,8 @@ void report_table(const struct options *o, const struct run_result *r,
         summarize(&r[i], &s[i]);
         if (!strcmp(r[i].name, "rdma")) {
             rdma = &s[i];
+        } else if (!strcmp(r[i].name, "rdma-bg")) {
+            bg = &s[i];
         } else {
             tcp = &s[i];
         }
@@ -179,6 +196,9 @@ void report_table(const struct options *o, const struct run_result *r,
     ROW("  p99 ms", "%14.2f", p99_ms);
     ROW("  max ms", "%14.2f", max_ms);
     ROW("  of which fence, mean ms", "%14.2f", fence_ms);
+    ROW("pages sent at checkpoint", "%14.0f", ckpt_pages);
+    ROW("pages sent before, guest up", "%14.0f", bg_pages);
+    ROW("  those pushes, ms", "%14.2f", bg_ms);
     ROW("throughput MB/s", "%14.1f", MBps);
     ROW("pages/s", "%14.0f", pages_per_s);
     ROW("primary CPU s/GiB", "%14.3f", pri_cpu_per_gib);
@@ -203,6 +223,16 @@ void report_table(const struct options *o, const struct run_result *r,
         }
         printf("  rdma empty fence / ib_write_lat 8 B:  %6.2f x\n",
                rdma->empty_p50_us / w->lat_8_us);
+    }
+    if (bg && rdma && rdma->mean_ms > 0) {
+        printf("  rdma-bg / rdma checkpoint transfer:  %6.2f x (mean), "
+               "%6.2f x (p99)\n",
+               bg->mean_ms / rdma->mean_ms,
+               rdma->p99_ms > 0 ? bg->p99_ms / rdma->p99_ms : 0.0);
+    }
+    if (bg && tcp && tcp->mean_ms > 0) {
+        printf("  rdma-bg / tcp checkpoint transfer:   %6.2f x (mean)\n",
+               bg->mean_ms / tcp->mean_ms);
     }
     if (rdma && tcp && tcp->MBps > 0) {
         printf("  rdma / tcp throughput:                %6.2f x\n",
@@ -262,6 +292,7 @@ int report_json(const char *path, const struct options *o,
                 "\"primary_cpu_ns\": %llu, \"secondary_cpu_ns\": %llu, "
                 "\"secondary_user_ns\": %llu, "
                 "\"machine_cpu_ns\": %llu, \"flush_ns\": %llu, "
+                "\"background_pages\": %llu, \"background_ns\": %llu, "
                 "\"verified\": %s}%s\n",
                 k, (unsigned long long)s->pages,
                 (unsigned long long)s->zero_pages, (unsigned long long)s->bytes,
@@ -271,8 +302,9 @@ int report_json(const char *path, const struct options *o,
                 (unsigned long long)s->sec_cpu_ns,
                 (unsigned long long)s->sec_user_ns,
                 (unsigned long long)s->sys_cpu_ns,
-                (unsigned long long)s->flush_ns, s->verified ? "true" : "false",
-                k + 1 < r[i].count ? "," : "");
+                (unsigned long long)s->flush_ns,
+                (unsigned long long)s->bg_pages, (unsigned long long)s->bg_ns,
+                s->verified ? "true" : "false", k + 1 < r[i].count ? "," : "");
         }
         fprintf(f, "    ], \"empty_fence_ns\": [");
         for (unsigned k = 0; k < r[i].empty_count; k++) {
