@@ -17,7 +17,8 @@
  *
  * multifd calls in through three hooks chosen once per migration or per
  * channel: rdma_colo_multifd_methods() (the RAM packet), the channel's
- * MultiFDChannelOps (hello, SYNC) and rdma_colo_multifd_recv_thread().
+ * MultiFDChannelOps (hello, SYNC, local sync) and
+ * rdma_colo_multifd_recv_thread().
  */
 
 #include "qemu/osdep.h"
@@ -221,9 +222,33 @@ static int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
     return 0;
 }
 
+/*
+ * A local sync (COLO's background sync, between checkpoints): a barrier,
+ * which the destination's library acknowledges once every earlier page of
+ * this channel is placed and marked, without waking its main thread, which
+ * is not in a multifd sync then.  Pages sent after it, on any channel, can
+ * never be overtaken by these.
+ */
+static int rdma_colo_sync_local(MultiFDSendParams *p, Error **errp)
+{
+    QIOChannelRdmaColo *rioc = QIO_CHANNEL_RDMA_COLO(p->c);
+    int ret;
+
+    ret = rcolo_channel_barrier_post(rioc->ch);
+    if (ret == 0) {
+        ret = rcolo_channel_fence_wait(rioc->ch, RDMA_COLO_FENCE_TIMEOUT_MS);
+    }
+    if (ret < 0) {
+        rdma_colo_set_error(errp, rioc->sess->rs, ret, "barrier");
+        return -1;
+    }
+    return 0;
+}
+
 static const MultiFDChannelOps rdma_colo_multifd_channel_ops = {
     .send_hello = rdma_colo_send_hello,
     .send_sync = rdma_colo_send_sync,
+    .sync_local = rdma_colo_sync_local,
 };
 
 const MultiFDChannelOps *rdma_colo_channel_ops(QIOChannel *ioc)
