@@ -23,6 +23,8 @@ struct options {
     const char *uri;      /* rdma-colo:HOST:PORT, for primary/secondary */
     const char *tcp_addr; /* address for the TCP baseline */
     int tcp_port;
+    int port_fd; /* internal (--port-fd): a secondary re-executed by
+                    --role both writes its port there */
     bool run_rdma, run_tcp;
     uint64_t size; /* guest RAM bytes */
     uint32_t page_size;

@@ -142,7 +142,8 @@ static void parse(int argc, char **argv, struct options *o)
         O_PLOT,
         O_QUIET,
         O_BUSY,
-        O_VERSION
+        O_VERSION,
+        O_PORT_FD
     };
     static const struct option lo[] = {
         {"role", 1, 0, O_ROLE},
@@ -173,6 +174,8 @@ static void parse(int argc, char **argv, struct options *o)
         /* informational */
         {"help", 0, 0, 'h'},
         {"version", 0, 0, O_VERSION},
+        /* internal: --role both re-executes its rdma secondaries */
+        {"port-fd", 1, 0, O_PORT_FD},
         {0, 0, 0, 0},
     };
     *o = (struct options){
@@ -194,6 +197,7 @@ static void parse(int argc, char **argv, struct options *o)
         .tcp_port = 0,
         .progress = isatty(2),
         .busy_poll = -1,
+        .port_fd = -1,
     };
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -308,6 +312,9 @@ static void parse(int argc, char **argv, struct options *o)
         case 'h':
             usage(stdout);
             exit(0);
+        case O_PORT_FD:
+            o->port_fd = (int)parse_uint(optarg, 0, 1024, "--port-fd");
+            break;
         case O_VERSION:
             printf("rdma-colo-bench %s (rdma-colo wire protocol %d)\n",
                    RDMA_COLO_VERSION, RCOLO_PROTOCOL_VERSION);
@@ -358,7 +365,7 @@ static void parse(int argc, char **argv, struct options *o)
         }
         o->token = token;
     }
-    if (strcmp(o->role, "both") && o->run_rdma && !o->uri) {
+    if (strcmp(o->role, "both") && o->run_rdma && !o->uri && o->port_fd < 0) {
         BENCH_ERR("--role %s needs --uri rdma-colo:HOST:PORT", o->role);
         exit(2);
     }
@@ -412,6 +419,40 @@ static int primary_phase(const struct options *o, bool rdma, int port,
     return ret;
 }
 
+static int saved_argc;
+static char **saved_argv;
+
+/*
+ * An rdma secondary runs in a fresh image: librdmacm keeps its device
+ * contexts per process, and a child forked after this process used them
+ * (a second rdma phase) would inherit contexts it cannot use (EACCES).
+ * Our own options again, then the secondary's.
+ */
+static void exec_secondary(const struct options *o, int port_fd)
+{
+    char fd[16];
+    char **argv = calloc((size_t)saved_argc + 12, sizeof(char *));
+    int n = 0;
+
+    snprintf(fd, sizeof(fd), "%d", port_fd);
+    for (int i = 0; i < saved_argc; i++) {
+        argv[n++] = saved_argv[i];
+    }
+    argv[n++] = "--role";
+    argv[n++] = "secondary";
+    argv[n++] = "--transport";
+    argv[n++] = "rdma";
+    argv[n++] = "--port-fd";
+    argv[n++] = fd;
+    argv[n++] = "--token";
+    argv[n++] = (char *)o->token;
+    argv[n++] = "--quiet";
+    argv[n] = NULL;
+    execv("/proc/self/exe", argv);
+    BENCH_ERR("cannot re-execute for the rdma secondary: %s", strerror(errno));
+    _exit(1);
+}
+
 /* One phase with a forked secondary. */
 static int both_phase(const struct options *o, bool rdma,
                       struct run_result *res)
@@ -427,6 +468,9 @@ static int both_phase(const struct options *o, bool rdma,
     if (pid == 0) {
         close(fds[0]);
         prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the primary */
+        if (rdma) {
+            exec_secondary(o, fds[1]);
+        }
         _exit(secondary_phase(o, rdma, fds[1]) ? 1 : 0);
     }
     close(fds[1]);
@@ -459,8 +503,14 @@ int main(int argc, char **argv)
     int ret = 0;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
+    saved_argc = argc;
+    saved_argv = argv;
     parse(argc, argv, &o);
 
+    if (!strcmp(o.role, "secondary") && o.port_fd >= 0) {
+        /* one rdma phase, re-executed by --role both */
+        return secondary_phase(&o, true, o.port_fd) ? 1 : 0;
+    }
     if (!strcmp(o.role, "secondary")) {
         if (o.run_rdma) {
             ret = secondary_phase(&o, true, -1);
