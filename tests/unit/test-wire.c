@@ -331,8 +331,8 @@ static void test_fence_and_barrier_desc(void **state)
     uint64_t off = 4096;
     struct rcolo_desc_view v;
     const uint8_t fb = RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER;
-    size_t n = rcolo_desc_encode(buf, sizeof(buf), RCOLO_DESC_FLAG_FENCE, 0,
-                                 5, NULL, 0, NULL, 0);
+    size_t n = rcolo_desc_encode(buf, sizeof(buf), RCOLO_DESC_FLAG_FENCE, 0, 5,
+                                 NULL, 0, NULL, 0);
 
     assert_int_equal(n, RCOLO_DESC_FIXED_LEN);
     assert_int_equal(rcolo_desc_decode(buf, n, &v), 0);
@@ -351,12 +351,10 @@ static void test_fence_and_barrier_desc(void **state)
                                        RCOLO_DESC_FLAG_BARRIER, 0, 1, NULL, 0,
                                        NULL, 0),
                      0);
-    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf), 0x04, 0, 1, NULL, 0,
-                                       NULL, 0),
-                     0);
-    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf), fb, 0, 1, &off, 1,
-                                       NULL, 0),
-                     0);
+    assert_int_equal(
+        rcolo_desc_encode(buf, sizeof(buf), 0x04, 0, 1, NULL, 0, NULL, 0), 0);
+    assert_int_equal(
+        rcolo_desc_encode(buf, sizeof(buf), fb, 0, 1, &off, 1, NULL, 0), 0);
     n = rcolo_desc_encode(buf, sizeof(buf), 0, 1, 1, &off, 1, NULL, 0);
     buf[1] = fb;
     assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
