@@ -248,7 +248,7 @@ static int run_secondary(int port_fd, const char *token, bool expect_refusal)
     struct rcolo_uri uri;
     struct rcolo_error err = {0};
     struct secondary sec = {0};
-    struct rx_thread rx[CHANNELS];
+    struct rx_thread rx[CHANNELS] = {0};
 
     side = "secondary";
     uri_for(&uri, "0", token);
