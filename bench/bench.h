@@ -51,6 +51,10 @@ struct options {
     int busy_poll; /* BUSY_NONE, BUSY_FENCE, BUSY_ALL */
 };
 enum { BUSY_NONE, BUSY_FENCE, BUSY_ALL };
+/* Which of the secondary's waiters spin (CMD_BUSY_POLL): none; the ones
+ * an empty fence needs (rdma-colo: channel 0's thread, which the session
+ * fence reaches; TCP: none can); every receive thread. */
+enum poll_scope { POLL_OFF, POLL_FENCE, POLL_ALL };
 
 /* One checkpoint's figures. */
 struct sample {
@@ -161,7 +165,7 @@ struct secondary_ops {
     /* CPU time (total, user) the receive threads had used at their
      * latest sync. */
     void (*rx_cpu)(void *ctx, uint64_t *total, uint64_t *user);
-    void (*busy_poll)(void *ctx, bool on);
+    void (*busy_poll)(void *ctx, enum poll_scope scope);
 };
 
 /* driver.c: the COLO checkpoint loop on each side. */

@@ -139,16 +139,18 @@ static int run_senders(struct sender *t, unsigned nch, unsigned batch,
     return ret;
 }
 
-/* Open or close the checkpoint window's busy polling on both sides. */
-static int busy_poll(const struct primary_ops *ops, bool on)
+/* Open or close the checkpoint window's busy polling on both sides: the
+ * primary's fence waits spin; the secondary's waiters of @scope do. */
+static int busy_poll(const struct primary_ops *ops, enum poll_scope scope)
 {
-    struct ckpt_cmd cmd = {.kind = CMD_BUSY_POLL, .index = on, .hash = on};
+    struct ckpt_cmd cmd = {
+        .kind = CMD_BUSY_POLL, .index = scope, .hash = scope};
     struct ckpt_reply rep;
     int ret = ops->ctl_write(ops->ctx, &cmd, sizeof(cmd));
     if (!ret) {
         ret = ops->ctl_read(ops->ctx, &rep, sizeof(rep));
     }
-    ops->busy_poll(ops->ctx, on);
+    ops->busy_poll(ops->ctx, scope != POLL_OFF);
     return ret;
 }
 
@@ -215,7 +217,7 @@ int drive_primary(const struct options *o, struct guest *g,
         }
         take_dirty(log, g, offs, &n, zero, &nzero);
         if (o->busy_poll == BUSY_ALL) {
-            ret = busy_poll(ops, true); /* COLO: CHECKPOINT_REQUEST */
+            ret = busy_poll(ops, POLL_ALL); /* COLO: CHECKPOINT_REQUEST */
             if (ret) {
                 break;
             }
@@ -292,7 +294,7 @@ int drive_primary(const struct options *o, struct guest *g,
     /* Empty checkpoints: the fence alone on every channel, from one thread,
      * inside one checkpoint window. */
     if (!ret && o->empty_fences && o->busy_poll != BUSY_NONE) {
-        ret = busy_poll(ops, true);
+        ret = busy_poll(ops, POLL_FENCE);
     }
     for (unsigned k = 0; k < o->empty_fences && !ret; k++) {
         uint64_t t0 = now_ns();
@@ -306,7 +308,7 @@ int drive_primary(const struct options *o, struct guest *g,
         res->empty_count = k + 1;
     }
     if (!ret && o->empty_fences && o->busy_poll != BUSY_NONE) {
-        ret = busy_poll(ops, false);
+        ret = busy_poll(ops, POLL_OFF);
     }
 
     for (unsigned i = 0; i < nch; i++) {
@@ -384,7 +386,9 @@ int drive_secondary(const struct options *o, struct colo_secondary *c,
         }
         if (cmd.kind == CMD_BUSY_POLL) {
             struct ckpt_reply rep = {.index = cmd.index};
-            ops->busy_poll(ops->ctx, cmd.hash != 0);
+            ops->busy_poll(ops->ctx, cmd.hash <= POLL_ALL
+                                         ? (enum poll_scope)cmd.hash
+                                         : POLL_OFF);
             int ret = ops->ctl_write(ops->ctx, &rep, sizeof(rep));
             if (ret) {
                 return ret;
@@ -402,7 +406,7 @@ int drive_secondary(const struct options *o, struct colo_secondary *c,
         cpu_prev = cpu;
         user_prev = user;
         uint64_t t0 = now_ns();
-        ops->busy_poll(ops->ctx, false); /* the checkpoint window ends */
+        ops->busy_poll(ops->ctx, POLL_OFF); /* the checkpoint window ends */
         if (cmd.index == 1 && getenv("RDMA_COLO_BENCH_CORRUPT")) {
             corrupt_one_marked_page(c); /* proves verification can fail */
         }

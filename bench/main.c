@@ -63,12 +63,15 @@ static void usage(FILE *f)
         "  --plot FILE.png                 latency distributions (gnuplot)\n"
         "  --busy-poll auto|none|fence|all busy-poll in the checkpoint "
         "window:\n"
-        "                                  fence while timing empty fences, "
-        "all\n"
-        "                                  also around every checkpoint; auto\n"
-        "                                  (default): fence if there are more "
-        "CPUs\n"
-        "                                  than channels, else none\n"
+        "                                  fence while timing empty fences "
+        "(the\n"
+        "                                  primary and the secondary's "
+        "channel 0),\n"
+        "                                  all also around every checkpoint "
+        "(every\n"
+        "                                  receive thread); auto (default): "
+        "fence\n"
+        "                                  with 2 CPUs or more, else none\n"
         "  --quiet                         no progress line\n"
         "  --version                       print the version and exit\n");
 }
@@ -326,9 +329,11 @@ static void parse(int argc, char **argv, struct options *o)
     }
     if (o->busy_poll < 0) {
         /* Spinning pollers beyond the CPU count starve each other (and the
-         * kernel's rxe work): worse than sleeping. */
+         * kernel's rxe work): worse than sleeping.  An empty fence is a
+         * session fence: two pollers, the primary's fence and the
+         * secondary's channel 0. */
         long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        o->busy_poll = cpus > (long)o->channels ? BUSY_FENCE : BUSY_NONE;
+        o->busy_poll = cpus >= 2 ? BUSY_FENCE : BUSY_NONE;
     }
     if (optind < argc) {
         BENCH_ERR("unexpected argument '%s'", argv[optind]);

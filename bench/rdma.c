@@ -219,9 +219,13 @@ static int s_ctl_read(void *ctx, void *buf, size_t len)
     return read_exact(((struct rdma_secondary *)ctx)->s, buf, len);
 }
 
-static void s_busy_poll(void *ctx, bool on)
+/* An empty fence is a session fence: it reaches channel 0's thread only. */
+static void s_busy_poll(void *ctx, enum poll_scope scope)
 {
-    rcolo_session_set_busy_poll(((struct rdma_secondary *)ctx)->s, on);
+    struct rdma_secondary *sec = ctx;
+
+    rcolo_session_set_busy_poll(sec->s, scope == POLL_ALL);
+    rcolo_channel_set_busy_poll(sec->rx[0].ch, scope == POLL_FENCE);
 }
 
 static void s_rx_cpu(void *ctx, uint64_t *total, uint64_t *user)

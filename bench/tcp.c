@@ -197,6 +197,10 @@ static void p_busy_poll(void *ctx, bool on)
 {
 }
 
+static void s_busy_poll(void *ctx, enum poll_scope scope)
+{
+}
+
 static int p_ctl_write(void *ctx, const void *buf, size_t len)
 {
     return write_full(((struct tcp_primary *)ctx)->ctl, buf, len);
@@ -464,7 +468,7 @@ int tcp_secondary(const struct options *o, struct guest *g, uint8_t *cache,
             .ctl_write = s_ctl_write,
             .ctl_read = s_ctl_read,
             .rx_cpu = s_rx_cpu,
-            .busy_poll = p_busy_poll,
+            .busy_poll = s_busy_poll,
         };
         ret = drive_secondary(o, &colo, &ops);
         if (ret) {

@@ -200,9 +200,22 @@ static int primary_recv_ctl(struct rcolo_channel *ch, struct ibv_wc *wc,
         return chan_fail(ch, -EPROTO, "malformed control message", NULL);
     }
     if (h.type == RCOLO_MSG_FENCE_ACK) {
-        if (rcolo_fence_ack_decode(buf, wc->byte_len, &seq) ||
-            !rcolo_fence_tx_ack(&ch->tx.fence, seq)) {
-            return chan_fail(ch, -EPROTO, "unexpected fence ack", NULL);
+        uint8_t flags;
+
+        if (rcolo_fence_ack_decode(buf, wc->byte_len, &seq, &flags)) {
+            return chan_fail(ch, -EPROTO, "malformed fence ack", NULL);
+        }
+        /* A session fence's ack may come on any channel (the one the
+         * secondary released last on). */
+        if (!rcolo_fence_tx_ack((flags & RCOLO_FENCE_ACK_ALL)
+                                    ? &ch->s->sfence_tx
+                                    : &ch->tx.fence,
+                                seq)) {
+            return chan_fail(ch, -EPROTO,
+                             (flags & RCOLO_FENCE_ACK_ALL)
+                                 ? "unexpected session fence ack"
+                                 : "unexpected fence ack",
+                             NULL);
         }
     } else if (h.type != RCOLO_MSG_CREDIT || wc->byte_len != RCOLO_HDR_LEN) {
         return chan_fail(ch, -EPROTO, "unexpected message type", NULL);
@@ -292,10 +305,23 @@ static int chan_sleep(void *opaque, int64_t deadline)
     return rcolo_cq_sleep(&ch->res, ch->core, deadline);
 }
 
+static bool chan_busy(void *opaque)
+{
+    struct rcolo_channel *ch = opaque;
+
+    return __atomic_load_n(&ch->busy_poll, __ATOMIC_RELAXED);
+}
+
 static const struct rcolo_wait_ops chan_wait_ops = {
     .poll = chan_progress,
     .block = chan_sleep,
+    .busy = chan_busy,
 };
+
+void rcolo_channel_set_busy_poll(struct rcolo_channel *ch, bool on)
+{
+    __atomic_store_n(&ch->busy_poll, on, __ATOMIC_RELEASE);
+}
 
 /* Wait on this channel's completions until @done(@arg) or @deadline. */
 static int chan_wait(struct rcolo_channel *ch, bool (*done)(void *arg),
@@ -615,8 +641,10 @@ int rcolo_channel_fence_wait(struct rcolo_channel *ch, int timeout_ms)
 
 /* ------------------------------------------------------ secondary */
 
+/* Send @reply: a fence ack (@ack_flags RCOLO_FENCE_ACK_ALL: the session
+ * fence's) if it has one, else credits alone. */
 static int secondary_send_ctl(struct rcolo_channel *ch,
-                              struct rcolo_rx_reply reply)
+                              struct rcolo_rx_reply reply, uint8_t ack_flags)
 {
     int slot;
     int ret = reserve_send(ch, 1, &slot);
@@ -627,7 +655,7 @@ static int secondary_send_ctl(struct rcolo_channel *ch,
     uint8_t *buf = rcolo_slot_buf(&ch->send, (uint32_t)slot);
     size_t len =
         reply.ack
-            ? rcolo_fence_ack_encode(buf, ch->send.size, reply.ack,
+            ? rcolo_fence_ack_encode(buf, ch->send.size, ack_flags, reply.ack,
                                      (uint16_t)reply.credits)
             : rcolo_credit_encode(buf, ch->send.size, (uint16_t)reply.credits);
     struct ibv_send_wr wr;
@@ -636,10 +664,85 @@ static int secondary_send_ctl(struct rcolo_channel *ch,
     return post_send_slot(ch, (uint32_t)slot, (uint32_t)len, &wr, &sge, 0);
 }
 
-static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
-                   bool barrier);
+/* Who releases a descriptor: the application, or the library itself (a
+ * barrier; a session fence). */
+enum release_by {
+    RELEASE_APP,
+    RELEASE_BARRIER,
+    RELEASE_SESSION_FENCE,
+};
 
-/* 0: @desc is the application's; 1: a barrier, answered here; or -errno. */
+static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
+                   enum release_by by);
+
+/*
+ * A session fence arrived on channel 0: check it and install it (see
+ * struct rcolo_sfence_rx).  Returns 0 or the session's error.
+ */
+static int sfence_install(struct rcolo_channel *ch,
+                          const struct rcolo_desc_view *v)
+{
+    struct rcolo_session *s = ch->s;
+    uint64_t target[RCOLO_MAX_CHANNELS];
+    char detail[96];
+
+    if (ch->index != 0 || v->n != s->channels) {
+        snprintf(detail, sizeof(detail), " (on channel %u, for %u channels)",
+                 ch->index, v->n);
+        return chan_fail(ch, -EPROTO, "malformed session fence", detail);
+    }
+    rcolo_desc_entries(v, target);
+    /* Its own channel's entry is exact: the descriptor just before it. */
+    if (target[0] != v->seq - 1) {
+        return chan_fail(ch, -EPROTO,
+                         "session fence names the wrong last "
+                         "descriptor of its own channel",
+                         NULL);
+    }
+    if (__atomic_load_n(&s->sfence_rx.pending, __ATOMIC_SEQ_CST)) {
+        return chan_fail(ch, -EPROTO, "session fence while one is unanswered",
+                         NULL);
+    }
+    /* Relaxed atomics: a thread that read the last fence's seq may still
+     * read these; its compare-and-swap then fails. */
+    for (unsigned i = 0; i < v->n; i++) {
+        __atomic_store_n(&s->sfence_rx.target[i], target[i], __ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&s->sfence_rx.pending, v->seq, __ATOMIC_SEQ_CST);
+    stat_add(&ch->stats.fences, 1);
+    return 0;
+}
+
+/*
+ * After a release left this channel holding nothing: the session fence's
+ * seq if every channel has now released what it names and this thread won
+ * the right to ack it, else 0.
+ */
+static uint64_t sfence_claim(struct rcolo_session *s)
+{
+    uint64_t seq = __atomic_load_n(&s->sfence_rx.pending, __ATOMIC_SEQ_CST);
+
+    if (!seq) {
+        return 0;
+    }
+    for (unsigned i = 0; i < s->channels; i++) {
+        struct rcolo_channel *c =
+            __atomic_load_n(&s->chan[i], __ATOMIC_ACQUIRE);
+        uint64_t done =
+            c ? __atomic_load_n(&c->rx.done_seq, __ATOMIC_SEQ_CST) : 0;
+
+        if (done < __atomic_load_n(&s->sfence_rx.target[i], __ATOMIC_RELAXED)) {
+            return 0; /* that channel's release will look again */
+        }
+    }
+    return __atomic_compare_exchange_n(&s->sfence_rx.pending, &seq, 0, false,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)
+               ? seq
+               : 0;
+}
+
+/* 0: @desc is the application's; 1: a barrier or session fence, answered
+ * here; or -errno. */
 static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
 {
     struct rcolo_chan_rx *rx = &ch->rx;
@@ -661,13 +764,22 @@ static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
     memset(desc, 0, sizeof(*desc));
     desc->seq = v.seq;
     desc->priv_ = (void *)(uintptr_t)(slot + 1);
+    if (v.all) {
+        /* Ours to answer, once every channel released what it names. */
+        desc->kind = RCOLO_DESC_FENCE;
+        int ret = sfence_install(ch, &v);
+        if (!ret) {
+            ret = release(ch, desc, RELEASE_SESSION_FENCE);
+        }
+        return ret ? ret : 1;
+    }
     if (v.barrier) {
         /*
          * Ours to answer: released now, acked (by rcolo_rx_release) once
          * the application released every earlier descriptor.
          */
         desc->kind = RCOLO_DESC_FENCE;
-        int ret = release(ch, desc, true);
+        int ret = release(ch, desc, RELEASE_BARRIER);
         return ret ? ret : 1;
     }
     if (v.fence) {
@@ -768,7 +880,7 @@ int rcolo_channel_recv(struct rcolo_channel *ch, struct rcolo_desc *desc,
 }
 
 static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
-                   bool barrier)
+                   enum release_by by)
 {
     uint32_t slot = (uint32_t)((uintptr_t)desc->priv_ - 1);
     int ret;
@@ -786,41 +898,153 @@ static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
     if (ret) {
         return chan_fail(ch, ret, "cannot repost receive", NULL);
     }
-    bool fence = desc->kind == RCOLO_DESC_FENCE;
+    /* A session fence is acked across channels, not by the channel's flow. */
+    bool fence = desc->kind == RCOLO_DESC_FENCE && by != RELEASE_SESSION_FENCE;
     struct rcolo_rx_reply reply =
         rcolo_rx_release(&ch->rx.flow, fence, desc->seq);
-    if (barrier) {
+    if (by == RELEASE_BARRIER) {
         stat_add(&ch->stats.barriers, 1);
     } else if (fence) {
         stat_add(&ch->stats.fences, 1);
     }
-    if (reply.credits || reply.ack) {
-        return secondary_send_ctl(ch, reply);
+    uint64_t session_ack = 0;
+    if (ch->rx.flow.held == 0) {
+        __atomic_store_n(&ch->rx.done_seq, ch->rx.flow.seq, __ATOMIC_SEQ_CST);
+        session_ack = sfence_claim(ch->s);
     }
-    return 0;
+    if (reply.credits || reply.ack) {
+        ret = secondary_send_ctl(ch, reply, 0);
+    }
+    if (!ret && session_ack) {
+        /* With every credit still owed on this channel. */
+        struct rcolo_rx_reply all = {
+            .credits = rcolo_credit_return_all(&ch->rx.flow.credit),
+            .ack = session_ack,
+        };
+        ret = secondary_send_ctl(ch, all, RCOLO_FENCE_ACK_ALL);
+    }
+    return ret;
 }
 
 int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
 {
-    return release(ch, desc, false);
+    return release(ch, desc, RELEASE_APP);
 }
 
 /* ------------------------------------------------------------ fence */
 
+/*
+ * The session fence: one descriptor on channel 0 naming the last
+ * descriptor sent on every channel, one acknowledgement from the
+ * secondary's library once all of them are released.  A fence of every
+ * channel instead needs every receive thread to wake up, which costs more
+ * than the round trip wherever threads outnumber CPUs.
+ */
+static int sfence_progress(void *opaque)
+{
+    struct rcolo_session *s = opaque;
+    int found = 0;
+
+    for (unsigned i = 0; i < s->channels; i++) {
+        if (s->chan[i]) {
+            int n = chan_progress(s->chan[i]);
+            if (n < 0) {
+                return n;
+            }
+            found += n;
+        }
+    }
+    return found;
+}
+
+static int sfence_sleep(void *opaque, int64_t deadline)
+{
+    struct rcolo_session *s = opaque;
+    struct rcolo_qp_res *res[RCOLO_MAX_CHANNELS];
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < s->channels; i++) {
+        if (s->chan[i]) {
+            ibv_req_notify_cq(s->chan[i]->res.cq, 0);
+            res[n++] = &s->chan[i]->res;
+        }
+    }
+    /* Look once more: a completion may have raced with arming. */
+    int found = sfence_progress(s);
+    if (found != 0) {
+        return found < 0 ? found : 0;
+    }
+    return rcolo_cqs_sleep(res, n, &s->core, deadline);
+}
+
+static const struct rcolo_wait_ops sfence_wait_ops = {
+    .poll = sfence_progress,
+    .block = sfence_sleep,
+};
+
+static bool sfence_acked(void *arg)
+{
+    struct rcolo_session *s = arg;
+
+    return rcolo_fence_tx_idle(&s->sfence_tx);
+}
+
+static int sfence_post(struct rcolo_session *s)
+{
+    struct rcolo_channel *ch = s->chan[0];
+    uint64_t last[RCOLO_MAX_CHANNELS];
+    int slot;
+    int ret = take_credit(ch);
+
+    if (!ret) {
+        ret = reserve_send(ch, 1, &slot);
+    }
+    if (ret) {
+        return ret;
+    }
+    for (unsigned i = 0; i < s->channels; i++) {
+        last[i] = s->chan[i] ? s->chan[i]->tx.seq : 0;
+    }
+    size_t len = rcolo_desc_encode(
+        rcolo_slot_buf(&ch->send, (uint32_t)slot), ch->send.size,
+        RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER | RCOLO_DESC_FLAG_ALL,
+        0, ++ch->tx.seq, last, s->channels, NULL, 0);
+    ret = post_send_slot(ch, (uint32_t)slot, (uint32_t)len, ch->tx.wrs,
+                         ch->tx.sges, 0);
+    if (ret) {
+        return ret;
+    }
+    rcolo_fence_tx_post(&s->sfence_tx, ch->tx.seq);
+    stat_add(&ch->stats.fences, 1);
+    return 0;
+}
+
 int rcolo_fence(struct rcolo_session *s, int timeout_ms)
 {
     int64_t t0 = rcolo_now_ns();
-    int ret = 0;
+    int64_t mine = rcolo_deadline(timeout_ms);
+    int64_t owed = rcolo_owed_deadline(&s->core);
+    bool owed_first = mine < 0 || owed < mine;
+    int ret;
 
-    for (unsigned i = 0; i < s->channels && !ret; i++) {
-        if (s->chan[i]) {
-            ret = rcolo_channel_fence_post(s->chan[i]);
-        }
+    if (s->role != RCOLO_PRIMARY || !rcolo_fence_tx_idle(&s->sfence_tx)) {
+        return -EINVAL;
     }
-    for (unsigned i = 0; i < s->channels && !ret; i++) {
-        if (s->chan[i]) {
-            ret = rcolo_channel_fence_wait(s->chan[i], timeout_ms);
-        }
+    ret = rcolo_status(&s->core);
+    if (ret) {
+        return ret;
+    }
+    if (!s->chan[0]) {
+        return -ENOTCONN;
+    }
+    ret = sfence_post(s);
+    if (!ret) {
+        ret = rcolo_wait(&s->core, &sfence_wait_ops, s, sfence_acked, s,
+                         owed_first ? owed : mine, RCOLO_FENCE_SPIN_NS);
+        note_owed_wait(s->chan[0], t0);
+    }
+    if (ret == -ETIMEDOUT && owed_first) {
+        return stalled(s->chan[0], "acknowledged no session fence");
     }
     if (ret) {
         return ret;

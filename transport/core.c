@@ -169,7 +169,8 @@ int rcolo_wait(struct rcolo_core *c, const struct rcolo_wait_ops *ops,
             return -ETIMEDOUT;
         }
         if (ops->poll && (now < spin_end ||
-                          __atomic_load_n(&c->busy_poll, __ATOMIC_RELAXED))) {
+                          __atomic_load_n(&c->busy_poll, __ATOMIC_RELAXED) ||
+                          (ops->busy && ops->busy(ctx)))) {
             /* More pollers than CPUs must not starve the ones with work
              * (or the kernel's softirq, which is the device under rxe). */
             if (now >= spin_end) {

@@ -92,6 +92,9 @@ static inline int rcolo_status(const struct rcolo_core *c)
 struct rcolo_wait_ops {
     int (*poll)(void *ctx);
     int (*block)(void *ctx, int64_t deadline);
+    /* Optional: busy polling is on for this waiter (a channel's own
+     * switch), besides the session's. */
+    bool (*busy)(void *ctx);
 };
 
 /*

@@ -77,6 +77,10 @@ struct rcolo_chan_rx {
      * receive slot). */
     struct ibv_wc *ready;
     struct rcolo_fifo ready_q;
+    /* Every descriptor up to this seq is released (atomic, sequentially
+     * consistent: written by the channel's thread, read by every channel's
+     * for the session fence; see struct rcolo_sfence_rx). */
+    uint64_t done_seq;
 };
 
 struct rcolo_channel {
@@ -90,11 +94,28 @@ struct rcolo_channel {
     struct rcolo_slots send; /* primary: descriptors; secondary: ctl */
     struct rcolo_slots recv; /* primary: ctl msgs; secondary: descriptors */
     struct rcolo_sq sq;
+    bool busy_poll; /* atomic: rcolo_channel_set_busy_poll */
     union {
         struct rcolo_chan_tx tx; /* role == RCOLO_PRIMARY */
         struct rcolo_chan_rx rx; /* role == RCOLO_SECONDARY */
     };
     struct rcolo_channel_stats stats;
+};
+
+/*
+ * Secondary: the session fence (rcolo_fence) waiting for its ack.  Lock
+ * rules, no lock: channel 0's thread writes @target, then @pending; every
+ * channel's thread, after a release that leaves it holding no descriptor,
+ * stores its done_seq and then reads @pending (both sequentially
+ * consistent), so of a release and an arriving fence at least one sees the
+ * other (a Dekker pair); the ack goes out once, from the thread whose
+ * compare-and-swap clears @pending.  The primary sends the next session
+ * fence only after this ack, so @target is never rewritten under a reader
+ * that can still clear @pending.
+ */
+struct rcolo_sfence_rx {
+    uint64_t pending; /* seq of the session fence on channel 0; 0: none */
+    uint64_t target[RCOLO_MAX_CHANNELS];
 };
 
 /* ------------------------------------------------- control connection */
@@ -190,6 +211,11 @@ struct rcolo_session {
     int64_t accept_deadline; /* ACCEPTING: the primary owes ESTABLISHED */
     struct rcolo_ctl ctl;
     struct rcolo_channel *chan[RCOLO_MAX_CHANNELS];
+    /* The session fence (rcolo_fence): primary, the one outstanding, used
+     * only by the thread in rcolo_fence (its contract: no other thread on
+     * the channels); secondary, see struct rcolo_sfence_rx. */
+    struct rcolo_fence_tx sfence_tx;
+    struct rcolo_sfence_rx sfence_rx;
     GHashTable *regions;               /* id -> struct rcolo_region * */
     struct rcolo_region_entry *remote; /* primary: advertised table */
     int nremote;

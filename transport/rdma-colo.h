@@ -47,7 +47,7 @@
 extern "C" {
 #endif
 
-#define RCOLO_PROTOCOL_VERSION 4
+#define RCOLO_PROTOCOL_VERSION 5
 
 /* Limits that bound every message on the wire (see docs/protocol.md). */
 #define RCOLO_MAX_CHANNELS       64
@@ -201,6 +201,15 @@ void rcolo_session_shutdown(struct rcolo_session *s);
  */
 void rcolo_session_set_busy_poll(struct rcolo_session *s, bool on);
 
+/*
+ * The same for one channel's waiters (or'ed with the session's switch).
+ * Where receive threads outnumber CPUs, spinning them all starves the
+ * ones with work: a secondary waiting for a session fence (rcolo_fence,
+ * which arrives on channel 0) needs only channel 0's thread spinning.
+ * Safe from any thread at any time (since 0.5).
+ */
+void rcolo_channel_set_busy_poll(struct rcolo_channel *ch, bool on);
+
 /* 0 while healthy, otherwise the negative errno of the first failure. */
 int rcolo_session_status(const struct rcolo_session *s);
 
@@ -281,8 +290,15 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
  * Primary: fence.  Returns once every page written on every channel of the
  * session before the call is placed in the secondary's memory and its
  * descriptor released by the secondary.  Call it with no other thread using
- * the channels (at a checkpoint).  Split form for QEMU's multifd sync, where
- * each channel's thread sends its own sync: rcolo_channel_fence_post() then
+ * the channels (at a checkpoint).  It is one message on channel 0 and one
+ * acknowledgement, which the secondary's library sends once every channel
+ * released what came before (since 0.5; protocol version 5): the
+ * secondary's application sees no fence descriptor for it, only its
+ * ordinary releases matter, and its channel 0 thread must come back to
+ * rcolo_channel_recv() for it to be read.  Channel form, for QEMU's
+ * multifd sync, where
+ * each channel's thread sends its own sync and the secondary's receive
+ * threads take part: rcolo_channel_fence_post() then
  * rcolo_channel_fence_wait() on every channel.  Returns 0 or -errno.
  */
 int rcolo_fence(struct rcolo_session *s, int timeout_ms);

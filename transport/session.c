@@ -361,7 +361,8 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
     } else {
         id->context = ch;
         ch->state = RCOLO_CHAN_CONNECTING;
-        s->chan[ch->index] = ch;
+        /* Read without the lock by the channels' session-fence check. */
+        __atomic_store_n(&s->chan[ch->index], ch, __ATOMIC_RELEASE);
     }
     if (rdma_accept(id, &param)) {
         rcolo_fail_locked(&s->core, -errno, "rdma_accept: %s", strerror(errno));

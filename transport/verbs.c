@@ -236,52 +236,67 @@ int rcolo_post_send(struct rdma_cm_id *id, struct ibv_send_wr *first)
 
 /* Sleep on @fd or the abort fd until @deadline.  Returns 1 (fd readable),
  * 0 (deadline), -ECANCELED (session failed) or -errno. */
-static int poll_fd(int fd, struct rcolo_core *c, int64_t deadline)
+/* Poll @fds[0..n) and the session's abort fd: > 0 if one of @fds is
+ * readable, 0 at @deadline, -ECANCELED once the session failed. */
+static int poll_fds(struct pollfd *fds, unsigned n, struct rcolo_core *c,
+                    int64_t deadline)
 {
-    struct pollfd pfd[2] = {
-        {.fd = fd, .events = POLLIN},
-        {.fd = c ? c->abort_fd : -1, .events = POLLIN},
-    };
-
+    fds[n] = (struct pollfd){.fd = c ? c->abort_fd : -1, .events = POLLIN};
     for (;;) {
-        int n = poll(pfd, c ? 2 : 1, rcolo_deadline_ms(deadline));
-        if (n < 0 && errno == EINTR) {
+        int ready = poll(fds, n + (c ? 1 : 0), rcolo_deadline_ms(deadline));
+        if (ready < 0 && errno == EINTR) {
             continue;
         }
-        if (n < 0) {
+        if (ready < 0) {
             return -errno;
         }
-        if (n == 0) {
+        if (ready == 0) {
             return 0;
         }
-        return c && pfd[1].revents ? -ECANCELED : 1;
+        return c && fds[n].revents ? -ECANCELED : 1;
     }
 }
 
-int rcolo_cq_sleep(struct rcolo_qp_res *res, struct rcolo_core *c,
-                   int64_t deadline)
+int rcolo_cqs_sleep(struct rcolo_qp_res *const *res, unsigned n,
+                    struct rcolo_core *c, int64_t deadline)
 {
-    struct ibv_cq *cq;
-    void *ctx;
+    struct pollfd fds[RCOLO_MAX_CHANNELS + 1];
     int64_t cap = rcolo_deadline(1000);
 
+    if (n > RCOLO_MAX_CHANNELS) {
+        return -EINVAL;
+    }
+    for (unsigned i = 0; i < n; i++) {
+        fds[i] = (struct pollfd){.fd = res[i]->comp->fd, .events = POLLIN};
+    }
     /*
      * Sleep at most 1 s at a time, so that a failure which does not write
      * the abort fd is still noticed by the caller's loop.
      */
-    int ret = poll_fd(res->comp->fd, c,
-                      deadline < 0 || deadline > cap ? cap : deadline);
+    int ret =
+        poll_fds(fds, n, c, deadline < 0 || deadline > cap ? cap : deadline);
     if (ret == -ECANCELED) {
         return 0; /* the wait loop reads the session's status */
     }
     if (ret < 0) {
         return ret;
     }
-    /* The comp channel fd is non-blocking: a spurious wake is fine. */
-    if (ret > 0 && ibv_get_cq_event(res->comp, &cq, &ctx) == 0) {
-        ibv_ack_cq_events(cq, 1);
+    /* The comp channel fds are non-blocking: a spurious wake is fine. */
+    for (unsigned i = 0; ret > 0 && i < n; i++) {
+        struct ibv_cq *cq;
+        void *ctx;
+
+        if (fds[i].revents && ibv_get_cq_event(res[i]->comp, &cq, &ctx) == 0) {
+            ibv_ack_cq_events(cq, 1);
+        }
     }
     return 0;
+}
+
+int rcolo_cq_sleep(struct rcolo_qp_res *res, struct rcolo_core *c,
+                   int64_t deadline)
+{
+    return rcolo_cqs_sleep(&res, 1, c, deadline);
 }
 
 int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,
@@ -360,7 +375,8 @@ static int cm_poll(void *ctx)
 static int cm_block(void *ctx, int64_t deadline)
 {
     struct cm_waiter *w = ctx;
-    int ret = poll_fd(w->ch->fd, w->core, deadline);
+    struct pollfd fds[2] = {{.fd = w->ch->fd, .events = POLLIN}};
+    int ret = poll_fds(fds, 1, w->core, deadline);
 
     return ret == -ECANCELED ? 0 : ret < 0 ? ret : 0;
 }

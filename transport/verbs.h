@@ -112,6 +112,10 @@ int rcolo_post_send(struct rdma_cm_id *id, struct ibv_send_wr *first);
  * (@c->abort_fd) or @deadline passed.  Returns 0 or -errno. */
 int rcolo_cq_sleep(struct rcolo_qp_res *res, struct rcolo_core *c,
                    int64_t deadline);
+/* The same over the @n CQs of @res (armed first, all of them): wakes
+ * when any has an event.  @n <= RCOLO_MAX_CHANNELS. */
+int rcolo_cqs_sleep(struct rcolo_qp_res *const *res, unsigned n,
+                    struct rcolo_core *c, int64_t deadline);
 
 /* Message for a failed ibv_reg_mr, naming memlock when it is the cause. */
 int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,

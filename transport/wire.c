@@ -338,6 +338,31 @@ int rcolo_hdr_decode(const void *buf, size_t len, struct rcolo_hdr *h)
     return 0;
 }
 
+/*
+ * The rules every DESC obeys, for the encoder and the decoder alike: known
+ * flags only; a barrier is a fence and a session fence a barrier; a fence
+ * names no pages, a session fence names one entry per channel and no
+ * region.
+ */
+static bool desc_shape_valid(uint8_t flags, uint32_t region_id, uint32_t n,
+                             uint32_t nzero)
+{
+    const uint8_t known =
+        RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER | RCOLO_DESC_FLAG_ALL;
+    bool fence = flags & RCOLO_DESC_FLAG_FENCE;
+    bool barrier = flags & RCOLO_DESC_FLAG_BARRIER;
+    bool all = flags & RCOLO_DESC_FLAG_ALL;
+
+    if ((flags & ~known) || (barrier && !fence) || (all && !barrier)) {
+        return false;
+    }
+    if (all) {
+        return region_id == 0 && nzero == 0 && n >= 1 &&
+               n <= RCOLO_MAX_CHANNELS;
+    }
+    return !fence || (uint64_t)n + nzero == 0;
+}
+
 size_t rcolo_desc_encode(uint8_t *buf, size_t size, uint8_t flags,
                          uint32_t region_id, uint64_t seq,
                          const uint64_t *offsets, uint32_t n,
@@ -347,10 +372,7 @@ size_t rcolo_desc_encode(uint8_t *buf, size_t size, uint8_t flags,
     size_t len;
 
     if ((uint64_t)n + nzero > RCOLO_MAX_DESC_PAGES ||
-        (flags & ~(RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER)) ||
-        ((flags & RCOLO_DESC_FLAG_BARRIER) &&
-         !(flags & RCOLO_DESC_FLAG_FENCE)) ||
-        ((flags & RCOLO_DESC_FLAG_FENCE) && n + nzero)) {
+        !desc_shape_valid(flags, region_id, n, nzero)) {
         return 0;
     }
     len = RCOLO_DESC_FIXED_LEN + 8 * ((size_t)n + nzero);
@@ -378,16 +400,13 @@ int rcolo_desc_decode(const void *buf, size_t len, struct rcolo_desc_view *d)
     const uint8_t *p = buf;
 
     if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_DESC ||
-        len < RCOLO_DESC_FIXED_LEN ||
-        (h.flags & ~(RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER))) {
+        len < RCOLO_DESC_FIXED_LEN) {
         return -EPROTO;
     }
     p += RCOLO_HDR_LEN;
     d->fence = h.flags & RCOLO_DESC_FLAG_FENCE;
     d->barrier = h.flags & RCOLO_DESC_FLAG_BARRIER;
-    if (d->barrier && !d->fence) {
-        return -EPROTO; /* a barrier is a kind of fence */
-    }
+    d->all = h.flags & RCOLO_DESC_FLAG_ALL;
     d->region_id = get32(&p);
     d->n = get32(&p);
     d->nzero = get32(&p);
@@ -400,8 +419,8 @@ int rcolo_desc_decode(const void *buf, size_t len, struct rcolo_desc_view *d)
         len != RCOLO_DESC_FIXED_LEN + 8 * ((uint64_t)d->n + d->nzero)) {
         return -EPROTO;
     }
-    if (d->fence && (d->n || d->nzero)) {
-        return -EPROTO; /* a fence names no pages */
+    if (!desc_shape_valid(h.flags, d->region_id, d->n, d->nzero)) {
+        return -EPROTO;
     }
     d->offsets_be = p;
     return 0;
@@ -427,29 +446,40 @@ int rcolo_desc_offsets(const struct rcolo_desc_view *d, uint64_t *out,
     return 0;
 }
 
-size_t rcolo_fence_ack_encode(uint8_t *buf, size_t size, uint64_t seq,
-                              uint16_t credits)
+void rcolo_desc_entries(const struct rcolo_desc_view *d, uint64_t *out)
+{
+    const uint8_t *p = d->offsets_be;
+
+    for (uint32_t i = 0; i < d->n + d->nzero; i++) {
+        out[i] = get64(&p);
+    }
+}
+
+size_t rcolo_fence_ack_encode(uint8_t *buf, size_t size, uint8_t flags,
+                              uint64_t seq, uint16_t credits)
 {
     uint8_t *p = buf;
 
-    if (size < RCOLO_FENCE_ACK_LEN) {
+    if (size < RCOLO_FENCE_ACK_LEN || (flags & ~RCOLO_FENCE_ACK_ALL)) {
         return 0;
     }
-    hdr_put(&p, RCOLO_MSG_FENCE_ACK, 0, credits, RCOLO_FENCE_ACK_LEN);
+    hdr_put(&p, RCOLO_MSG_FENCE_ACK, flags, credits, RCOLO_FENCE_ACK_LEN);
     put64(&p, seq);
     return RCOLO_FENCE_ACK_LEN;
 }
 
-int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq)
+int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq,
+                           uint8_t *flags)
 {
     struct rcolo_hdr h;
     const uint8_t *p = buf;
 
     if (rcolo_hdr_decode(buf, len, &h) || h.type != RCOLO_MSG_FENCE_ACK ||
-        len != RCOLO_FENCE_ACK_LEN || h.flags) {
+        len != RCOLO_FENCE_ACK_LEN || (h.flags & ~RCOLO_FENCE_ACK_ALL)) {
         return -EPROTO;
     }
     p += RCOLO_HDR_LEN;
+    *flags = h.flags;
     *seq = get64(&p);
     return 0;
 }

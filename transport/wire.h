@@ -168,6 +168,12 @@ struct rcolo_hdr {
  * once every earlier descriptor of the channel is released; it is never
  * handed to the application (protocol version 4). */
 #define RCOLO_DESC_FLAG_BARRIER 0x02
+/* With FENCE and BARRIER: a session fence (protocol version 5), sent on
+ * channel 0.  Its n entries (no zero pages, region 0) are the sequence
+ * number of the last descriptor sent on each channel, in channel order,
+ * its own channel's included: the secondary's library acknowledges it, from
+ * whichever channel releases last, once every channel released those. */
+#define RCOLO_DESC_FLAG_ALL 0x04
 
 /* DESC: header, region id, normal count, zero count, reserved, seq, then
  * (normal + zero) 64-bit offsets. */
@@ -177,6 +183,7 @@ struct rcolo_hdr {
 struct rcolo_desc_view {
     bool fence;
     bool barrier; /* implies fence */
+    bool all;     /* a session fence: implies barrier; n entries */
     uint32_t region_id;
     uint32_t n;
     uint32_t nzero;
@@ -185,7 +192,9 @@ struct rcolo_desc_view {
 };
 
 /* @flags: 0 for pages, RCOLO_DESC_FLAG_FENCE (| RCOLO_DESC_FLAG_BARRIER)
- * for a fence, which names no pages. */
+ * for a fence, which names no pages; FENCE | BARRIER | ALL for a session
+ * fence, with one entry per channel in @offsets (1..RCOLO_MAX_CHANNELS of
+ * them) and none in @zero. */
 size_t rcolo_desc_encode(uint8_t *buf, size_t size, uint8_t flags,
                          uint32_t region_id, uint64_t seq,
                          const uint64_t *offsets, uint32_t n,
@@ -200,11 +209,17 @@ int rcolo_desc_decode(const void *buf, size_t len, struct rcolo_desc_view *d);
 int rcolo_desc_offsets(const struct rcolo_desc_view *d, uint64_t *out,
                        uint64_t region_len, uint32_t page_size, uint32_t *bad);
 
-/* FENCE_ACK: header + seq (of the fence descriptor). */
+/* Decode a session fence's n entries (sequence numbers, any value). */
+void rcolo_desc_entries(const struct rcolo_desc_view *d, uint64_t *out);
+
+/* FENCE_ACK: header + seq (of the fence descriptor).  Flag ALL: the ack
+ * of the session fence @seq of channel 0, on any channel. */
 #define RCOLO_FENCE_ACK_LEN (RCOLO_HDR_LEN + 8)
-size_t rcolo_fence_ack_encode(uint8_t *buf, size_t size, uint64_t seq,
-                              uint16_t credits);
-int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq);
+#define RCOLO_FENCE_ACK_ALL 0x01
+size_t rcolo_fence_ack_encode(uint8_t *buf, size_t size, uint8_t flags,
+                              uint64_t seq, uint16_t credits);
+int rcolo_fence_ack_decode(const void *buf, size_t len, uint64_t *seq,
+                           uint8_t *flags);
 
 /* CREDIT: header only. */
 size_t rcolo_credit_encode(uint8_t *buf, size_t size, uint16_t credits);

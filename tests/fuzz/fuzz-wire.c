@@ -85,8 +85,10 @@ static void desc(const uint8_t *p, size_t n)
     }
     FUZZ_CHECK(d.n + d.nzero <= RCOLO_MAX_DESC_PAGES);
     FUZZ_CHECK(n == RCOLO_DESC_FIXED_LEN + 8ull * (d.n + d.nzero));
-    FUZZ_CHECK(!d.fence || d.n + d.nzero == 0);
+    FUZZ_CHECK(!d.fence || d.all || d.n + d.nzero == 0);
     FUZZ_CHECK(!d.barrier || d.fence);
+    FUZZ_CHECK(!d.all || (d.barrier && d.region_id == 0 && d.nzero == 0 &&
+                          d.n >= 1 && d.n <= RCOLO_MAX_CHANNELS));
     for (unsigned r = 0; r < 2; r++) {
         if (rcolo_desc_offsets(&d, off, regions[r].len, regions[r].page,
                                &bad)) {
@@ -127,7 +129,11 @@ static void small(const uint8_t *p, size_t n)
         FUZZ_CHECK(h.length == n && h.length >= RCOLO_HDR_LEN);
         FUZZ_CHECK(h.type >= 1 && h.type < RCOLO_MSG__MAX);
     }
-    (void)rcolo_fence_ack_decode(p, n, &seq);
+    uint8_t flags;
+    if (rcolo_fence_ack_decode(p, n, &seq, &flags) == 0) {
+        FUZZ_CHECK(n == RCOLO_FENCE_ACK_LEN);
+        FUZZ_CHECK((flags & ~RCOLO_FENCE_ACK_ALL) == 0);
+    }
     bool reply;
     if (rcolo_keepalive_decode(p, n, &reply) == 0) {
         /* Accepted: exactly what rcolo_keepalive_encode makes. */

@@ -152,6 +152,7 @@ struct secondary {
 struct rx_thread {
     struct secondary *sec;
     struct rcolo_channel *ch;
+    unsigned index;
     pthread_t tid;
     int result;          /* the error that ended the loop */
     atomic_ulong fences; /* fences handed to us (never a barrier) */
@@ -162,6 +163,10 @@ static void mark(struct secondary *sec, uint32_t region, uint64_t off)
     uint64_t page = off / sec->page[region];
     atomic_fetch_or(&sec->bitmap[region][page / 64], 1ull << (page % 64));
 }
+
+/* session-fence: the last channel's receive thread sleeps this long
+ * before it marks and releases a page descriptor (set before the fork). */
+static unsigned slow_release_ms;
 
 static void *rx_loop(void *opaque)
 {
@@ -177,6 +182,9 @@ static void *rx_loop(void *opaque)
         if (d.kind == RCOLO_DESC_FENCE) {
             atomic_fetch_add(&t->fences, 1);
         } else {
+            if (slow_release_ms && t->index == CHANNELS - 1) {
+                usleep(slow_release_ms * 1000u);
+            }
             for (unsigned i = 0; i < d.n; i++) {
                 mark(t->sec, d.region_id, d.offsets[i]);
             }
@@ -286,6 +294,7 @@ static int run_secondary(int port_fd, const char *token, bool expect_refusal)
           err.message);
     for (unsigned i = 0; i < CHANNELS; i++) {
         rx[i].sec = &sec;
+        rx[i].index = i;
         CHECK(rcolo_channel_accept(sec.s, i, TIMEOUT_MS, &rx[i].ch, &err) == 0,
               "channel %u: %s", i, err.message);
         pthread_create(&rx[i].tid, NULL, rx_loop, &rx[i]);
@@ -585,6 +594,21 @@ static void barrier_all(struct primary *p, unsigned k)
     }
 }
 
+/* QEMU's multifd sync: a fence on every channel, then every ack. */
+static void fence_all_channels(struct primary *p, unsigned k)
+{
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        int ret = rcolo_channel_fence_post(p->ch[i]);
+        CHECK(ret == 0, "fence %u on channel %u: %d (%s)", k, i, ret,
+              rcolo_session_error(p->s));
+    }
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        int ret = rcolo_channel_fence_wait(p->ch[i], TIMEOUT_MS);
+        CHECK(ret == 0, "fence %u on channel %u not acked: %d (%s)", k, i, ret,
+              rcolo_session_error(p->s));
+    }
+}
+
 /*
  * @background: each interval's pages go in two passes, as with QEMU's
  * background sync: a first pass and a barrier while "the guest runs", then
@@ -621,6 +645,7 @@ static int test_replicate(bool background)
     /* A quarter as many, with two passes each: every pattern 2-3 times,
      * in CI time (the test also runs under the sanitizers). */
     const unsigned checkpoints = background ? CHECKPOINTS / 4 : CHECKPOINTS;
+    uint64_t channel_fences = 0;
 
     for (unsigned k = 0; k <= checkpoints; k++) {
         if (k > 0) {
@@ -631,8 +656,18 @@ static int test_replicate(bool background)
             /* Same pattern (k % 6), newer content. */
             total_pages += dirty(p, k + 6 * 1000, &rng);
         }
-        int ret = rcolo_fence(p->s, TIMEOUT_MS);
-        CHECK(ret == 0, "fence %u: %d (%s)", k, ret, rcolo_session_error(p->s));
+        /* Checkpoints alternate between the two fences: a fence of every
+         * channel (QEMU's multifd sync: every receive thread sees it) and
+         * the session fence (one message; no receive thread sees it). */
+        bool session_fence = k % 2;
+        if (session_fence) {
+            int ret = rcolo_fence(p->s, TIMEOUT_MS);
+            CHECK(ret == 0, "fence %u: %d (%s)", k, ret,
+                  rcolo_session_error(p->s));
+        } else {
+            fence_all_channels(p, k);
+            channel_fences += CHANNELS;
+        }
         struct ckpt_msg m = {.kind = 1, .index = k};
         for (int r = MAIN_ID; r <= HUGE_ID; r++) {
             m.hash[r] = hash_mem(p->mem[r], p->len[r]);
@@ -641,10 +676,11 @@ static int test_replicate(bool background)
         struct ckpt_reply rep;
         stream_read_all(p->s, &rep, sizeof(rep));
         CHECK(rep.index == k, "reply for %u, expected %u", rep.index, k);
-        CHECK(rep.fences_seen == (uint64_t)(k + 1) * CHANNELS,
+        CHECK(rep.fences_seen == channel_fences,
               "the secondary's receive threads saw %" PRIu64 " fences after "
-              "%u checkpoints of %d channels (a barrier reached them?)",
-              rep.fences_seen, k + 1, CHANNELS);
+              "%u checkpoints of %d channels, expected %" PRIu64
+              " (a barrier or session fence reached them?)",
+              rep.fences_seen, k + 1, CHANNELS, channel_fences);
         CHECK(rep.ok,
               "checkpoint %u (pattern %u): secondary's guest copy "
               "differs from the primary's memory",
@@ -673,8 +709,10 @@ static int test_replicate(bool background)
            "channels (random, runs, zero, empty, 2 MiB, hot-set pages%s): "
            "%" PRIu64 " pages dirtied, %" PRIu64 " bytes RDMA-written in "
            "%" PRIu64 " WRs, %" PRIu64 " descriptors, %" PRIu64 " fences "
-           "(mean %.1f us), %" PRIu64 " barriers, none seen by the "
-           "secondary's receive threads; longest wait for the secondary "
+           "of every channel and %" PRIu64 " session fences (mean %.1f us; "
+           "checkpoints alternate), %" PRIu64 " barriers; the secondary's "
+           "receive threads saw exactly the channel fences; longest wait for "
+           "the secondary "
            "%.1f ms (data), %.1f ms (stream); secondary's guest copy "
            "verified equal (hash of 256 MiB + 32 MiB) after every "
            "checkpoint; memory %s; %.1f s\n",
@@ -683,13 +721,91 @@ static int test_replicate(bool background)
                         "the second re-sending pages with newer content"
                       : "",
            total_pages, st.total.bytes, st.total.write_wrs,
-           st.total.descriptors, st.fences,
+           st.total.descriptors, channel_fences / CHANNELS, st.fences,
            st.fences ? st.fence_ns_total / 1e3 / st.fences : 0.0,
            st.total.barriers, st.total.owed_wait_ns_max / 1e6,
            st.stream_owed_wait_ns_max / 1e6,
            odp ? "on-demand paged (device has RC write ODP)"
                : "pinned (device has no RC write ODP)",
            now_s() - t0);
+    primary_close(p);
+    return 0;
+}
+
+/*
+ * The session fence waits for every channel, not only its own: the
+ * secondary's last receive thread sleeps 300 ms before it marks and
+ * releases each page descriptor.  A page written on that channel, then
+ * rcolo_fence(): the fence reaches channel 0 at once, but its ack may only
+ * come after the slow release, and the checkpoint after it must find the
+ * page marked (an early ack would flush without it: the hashes differ).
+ */
+static int test_session_fence(void)
+{
+    char port[8];
+    const unsigned rounds = 3, empty = 100;
+
+    slow_release_ms = 300; /* the forked secondary's receive threads */
+    pid_t child = fork_secondary(port, sizeof(port), NULL, false);
+    slow_release_ms = 0;
+    struct primary *p = connect_primary(port, NULL);
+    double shortest = 1e9;
+
+    for (unsigned k = 0; k < rounds; k++) {
+        uint64_t off = (uint64_t)(k + 1) * 17 * PAGE;
+        fill_page(p->mem[MAIN_ID] + off, PAGE, 1000 + k);
+        int ret =
+            rcolo_write_pages(p->ch[CHANNELS - 1], MAIN_ID, &off, 1, NULL, 0);
+        CHECK(ret == 0, "write: %d (%s)", ret, rcolo_session_error(p->s));
+        double t0 = now_s();
+        ret = rcolo_fence(p->s, TIMEOUT_MS);
+        double dt = now_s() - t0;
+        CHECK(ret == 0, "fence %u: %d (%s)", k, ret, rcolo_session_error(p->s));
+        CHECK(dt >= 0.29,
+              "session fence %u returned after %.3f s, before the slow "
+              "receive thread of channel %d released its page (300 ms)",
+              k, dt, CHANNELS - 1);
+        shortest = dt < shortest ? dt : shortest;
+        struct ckpt_msg m = {.kind = 1, .index = k};
+        for (int r = MAIN_ID; r <= HUGE_ID; r++) {
+            m.hash[r] = hash_mem(p->mem[r], p->len[r]);
+        }
+        stream_write_all(p->s, &m, sizeof(m));
+        struct ckpt_reply rep;
+        stream_read_all(p->s, &rep, sizeof(rep));
+        CHECK(rep.index == k && rep.ok && rep.copied == 1,
+              "checkpoint %u after the session fence: %s, %" PRIu64
+              " pages flushed (expected the 1 written)",
+              k, rep.ok ? "copies equal" : "COPIES DIFFER", rep.copied);
+        CHECK(rep.fences_seen == 0,
+              "the secondary's receive threads saw %" PRIu64 " fences",
+              rep.fences_seen);
+    }
+    /* Empty session fences: one round trip each, whatever the channels. */
+    double t0 = now_s();
+    for (unsigned k = 0; k < empty; k++) {
+        int ret = rcolo_fence(p->s, TIMEOUT_MS);
+        CHECK(ret == 0, "empty fence %u: %d (%s)", k, ret,
+              rcolo_session_error(p->s));
+    }
+    double empty_us = (now_s() - t0) / empty * 1e6;
+    struct rcolo_session_stats st;
+    rcolo_session_get_stats(p->s, &st);
+    CHECK(st.fences == rounds + empty && st.total.fences == rounds + empty,
+          "%" PRIu64 " session fences counted, %" PRIu64
+          " on channels, expected %u",
+          st.fences, st.total.fences, rounds + empty);
+    struct ckpt_msg done = {.kind = 2};
+    stream_write_all(p->s, &done, sizeof(done));
+    CHECK(rcolo_stream_close(p->s) == 0, "stream close");
+    int rc = wait_child(child);
+    CHECK(rc == 0, "secondary exited %d", rc);
+    printf("test-transport session-fence: %u session fences over %d channels "
+           "each waited for the slow receive thread of channel %d (shortest "
+           "%.0f ms >= its 300 ms), the page it carried was marked and "
+           "flushed every time, no receive thread saw a fence; %u empty "
+           "session fences took %.0f us each\n",
+           rounds, CHANNELS, CHANNELS - 1, shortest * 1e3, empty, empty_us);
     primary_close(p);
     return 0;
 }
@@ -727,9 +843,10 @@ static int test_oob_descriptor(void)
     struct primary *p = connect_primary(port, NULL);
     uint64_t off = 0;
 
-    /* A first fence: every channel of the secondary is up and served. */
-    int ret = rcolo_fence(p->s, TIMEOUT_MS);
-    CHECK(ret == 0, "first fence: %d (%s)", ret, rcolo_session_error(p->s));
+    /* A first fence of every channel: every channel of the secondary is up
+     * and served (a session fence needs only channel 0's thread). */
+    fence_all_channels(p, 0);
+    int ret;
     rcolo_fault_inject(RCOLO_FAULT_DESC_OUT_OF_BOUNDS);
     double t0 = now_s();
     ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
@@ -1384,7 +1501,10 @@ static int test_late_region(void)
         CHECK(rcolo_write_pages(ch, MAIN_ID, offs, n, NULL, 0) == 0,
               "write: %s", rcolo_session_error(s));
     }
-    CHECK(rcolo_fence(s, TIMEOUT_MS) == 0, "fence: %s", rcolo_session_error(s));
+    /* A channel fence: the secondary's loop ends at the fence it sees. */
+    CHECK(rcolo_channel_fence_post(ch) == 0 &&
+              rcolo_channel_fence_wait(ch, TIMEOUT_MS) == 0,
+          "fence: %s", rcolo_session_error(s));
     rcolo_stream_close(s);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary exited %d", rc);
@@ -1437,8 +1557,8 @@ static int shutdown_secondary(int port_fd, void *arg)
     struct rcolo_error err = {0};
     struct rcolo_session *s = listen_port0();
 
-    /* Secondary: accepts, then never releases anything, so the
-     * primary's fence blocks; both sides shut down from a thread. */
+    /* Secondary: accepts, takes the page descriptor and never releases it,
+     * so the primary's fence blocks; both sides shut down from a thread. */
     struct blocked b[2] = {{.fn = block_recv}, {.fn = block_read}};
     close(go[1]);
     uint8_t *cache = map_region(1 << 20);
@@ -1455,8 +1575,8 @@ static int shutdown_secondary(int port_fd, void *arg)
     CHECK(read(go[0], &c, 1) == 1, "go");
     struct rcolo_desc d;
     CHECK(rcolo_channel_recv(b[0].ch, &d, TIMEOUT_MS) == 0 &&
-              d.kind == RCOLO_DESC_FENCE,
-          "fence descriptor");
+              d.kind == RCOLO_DESC_PAGES && d.n == 1,
+          "page descriptor");
     b[1].s = s;
     pthread_create(&b[1].tid, NULL, blocked_thread, &b[1]);
     usleep(300000);
@@ -1498,10 +1618,13 @@ static int test_shutdown(void)
           "region: %s", err.message);
     CHECK(rcolo_channel_connect(s, 0, TIMEOUT_MS, &b.ch, &err) == 0,
           "channel: %s", err.message);
+    uint64_t off = 0;
+    CHECK(rcolo_write_pages(b.ch, MAIN_ID, &off, 1, NULL, 0) == 0, "write: %s",
+          rcolo_session_error(s));
     b.s = s;
     pthread_create(&b.tid, NULL, blocked_thread, &b);
     CHECK(write(go[1], "g", 1) == 1, "go");
-    /* The secondary never releases the fence: the fence blocks until the
+    /* The secondary never releases the page: the fence blocks until the
      * secondary's shutdown disconnects us. */
     pthread_join(b.tid, NULL);
     CHECK(b.ret == -ECONNRESET || b.ret == -ESHUTDOWN,
@@ -1599,6 +1722,8 @@ int main(int argc, char **argv)
         return test_replicate(false);
     } else if (!strcmp(test_name, "replicate-background")) {
         return test_replicate(true);
+    } else if (!strcmp(test_name, "session-fence")) {
+        return test_session_fence();
     } else if (!strcmp(test_name, "wrong-token")) {
         return test_refused(false);
     } else if (!strcmp(test_name, "wrong-version")) {

@@ -345,14 +345,14 @@ static void test_fence_and_barrier_desc(void **state)
     /* a barrier that is not a fence, an unknown flag, a fence with pages */
     buf[1] = RCOLO_DESC_FLAG_BARRIER;
     assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
-    buf[1] = RCOLO_DESC_FLAG_FENCE | 0x04;
+    buf[1] = RCOLO_DESC_FLAG_FENCE | 0x08;
     assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
     assert_int_equal(rcolo_desc_encode(buf, sizeof(buf),
                                        RCOLO_DESC_FLAG_BARRIER, 0, 1, NULL, 0,
                                        NULL, 0),
                      0);
     assert_int_equal(
-        rcolo_desc_encode(buf, sizeof(buf), 0x04, 0, 1, NULL, 0, NULL, 0), 0);
+        rcolo_desc_encode(buf, sizeof(buf), 0x08, 0, 1, NULL, 0, NULL, 0), 0);
     assert_int_equal(
         rcolo_desc_encode(buf, sizeof(buf), fb, 0, 1, &off, 1, NULL, 0), 0);
     n = rcolo_desc_encode(buf, sizeof(buf), 0, 1, 1, &off, 1, NULL, 0);
@@ -363,25 +363,109 @@ static void test_fence_and_barrier_desc(void **state)
                   "are refused by encoder and decoder\n");
 }
 
+/*
+ * A session fence (protocol 5) is a barrier naming one sequence number per
+ * channel, 1..RCOLO_MAX_CHANNELS of them, no zero pages and no region;
+ * every other shape with the ALL flag is refused both ways.
+ */
+static void test_session_fence_desc(void **state)
+{
+    uint8_t buf[RCOLO_DESC_FIXED_LEN + 8 * (RCOLO_MAX_CHANNELS + 1)];
+    const uint8_t all =
+        RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_BARRIER | RCOLO_DESC_FLAG_ALL;
+    uint64_t last[RCOLO_MAX_CHANNELS + 1], got[RCOLO_MAX_CHANNELS];
+    struct rcolo_desc_view v;
+    size_t n;
+
+    for (unsigned i = 0; i <= RCOLO_MAX_CHANNELS; i++) {
+        last[i] = 0x0102030405060708ull * (i + 1); /* any value at all */
+    }
+    n = rcolo_desc_encode(buf, sizeof(buf), all, 0, 9, last, 4, NULL, 0);
+    assert_int_equal(n, RCOLO_DESC_FIXED_LEN + 4 * 8);
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), 0);
+    assert_true(v.fence && v.barrier && v.all && v.seq == 9 && v.n == 4);
+    rcolo_desc_entries(&v, got);
+    assert_memory_equal(got, last, 4 * 8);
+    n = rcolo_desc_encode(buf, sizeof(buf), all, 0, 9, last, RCOLO_MAX_CHANNELS,
+                          NULL, 0);
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), 0);
+    assert_int_equal(v.n, RCOLO_MAX_CHANNELS);
+
+    /* Refused by the encoder: too many or no channels, zero pages, a
+     * region, ALL without BARRIER or without FENCE. */
+    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf), all, 0, 9, last,
+                                       RCOLO_MAX_CHANNELS + 1, NULL, 0),
+                     0);
+    assert_int_equal(
+        rcolo_desc_encode(buf, sizeof(buf), all, 0, 9, NULL, 0, NULL, 0), 0);
+    assert_int_equal(
+        rcolo_desc_encode(buf, sizeof(buf), all, 0, 9, last, 2, last, 1), 0);
+    assert_int_equal(
+        rcolo_desc_encode(buf, sizeof(buf), all, 7, 9, last, 2, NULL, 0), 0);
+    assert_int_equal(
+        rcolo_desc_encode(buf, sizeof(buf),
+                          RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_ALL, 0, 9,
+                          last, 2, NULL, 0),
+        0);
+    assert_int_equal(rcolo_desc_encode(buf, sizeof(buf), RCOLO_DESC_FLAG_ALL, 0,
+                                       9, last, 2, NULL, 0),
+                     0);
+
+    /* Refused by the decoder: the same shapes, built from valid messages
+     * by changing one field. */
+    n = rcolo_desc_encode(buf, sizeof(buf), all, 0, 9, last, 2, NULL, 0);
+    buf[1] = RCOLO_DESC_FLAG_FENCE | RCOLO_DESC_FLAG_ALL;
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    buf[1] = all;
+    buf[11] = 7; /* region id 7 */
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    buf[11] = 0;
+    buf[15] = 1; /* n = 1, z = 1 */
+    buf[19] = 1;
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    n = rcolo_desc_encode(buf, sizeof(buf), 0, 1, 1, last, 1, NULL, 0);
+    buf[1] = all;
+    buf[11] = 0; /* a page descriptor relabelled, region 0 */
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), 0); /* shape is fine: */
+    assert_true(v.all && v.n == 1); /* the channel checks its entries */
+    n = rcolo_desc_encode(buf, sizeof(buf), RCOLO_DESC_FLAG_FENCE, 0, 1, NULL,
+                          0, NULL, 0);
+    buf[1] = all; /* no channel at all */
+    assert_int_equal(rcolo_desc_decode(buf, n, &v), -EPROTO);
+    print_message("session fence descriptors: 4 and %d entries round-trip; "
+                  "too many or no entries, zero pages, a region, ALL "
+                  "without BARRIER or FENCE are refused by encoder and "
+                  "decoder\n",
+                  RCOLO_MAX_CHANNELS);
+}
+
 static void test_fence_and_credit(void **state)
 {
     uint8_t buf[64];
     uint64_t seq = 0;
+    uint8_t flags = 0xff;
     struct rcolo_hdr h;
-    size_t n = rcolo_fence_ack_encode(buf, sizeof(buf), 1234, 9);
+    size_t n = rcolo_fence_ack_encode(buf, sizeof(buf), 0, 1234, 9);
 
     assert_int_equal(n, RCOLO_FENCE_ACK_LEN);
-    assert_int_equal(rcolo_fence_ack_decode(buf, n, &seq), 0);
-    assert_true(seq == 1234);
+    assert_int_equal(rcolo_fence_ack_decode(buf, n, &seq, &flags), 0);
+    assert_true(seq == 1234 && flags == 0);
     assert_int_equal(rcolo_hdr_decode(buf, n, &h), 0);
     assert_int_equal(h.credits, 9);
-    assert_int_equal(rcolo_fence_ack_decode(buf, n - 1, &seq), -EPROTO);
+    assert_int_equal(rcolo_fence_ack_decode(buf, n - 1, &seq, &flags), -EPROTO);
+    /* The session fence's ack; no other flag. */
+    n = rcolo_fence_ack_encode(buf, sizeof(buf), RCOLO_FENCE_ACK_ALL, 77, 0);
+    assert_int_equal(rcolo_fence_ack_decode(buf, n, &seq, &flags), 0);
+    assert_true(seq == 77 && flags == RCOLO_FENCE_ACK_ALL);
+    buf[1] = 0x02;
+    assert_int_equal(rcolo_fence_ack_decode(buf, n, &seq, &flags), -EPROTO);
+    assert_int_equal(rcolo_fence_ack_encode(buf, sizeof(buf), 0x02, 77, 0), 0);
 
     n = rcolo_credit_encode(buf, sizeof(buf), 16);
     assert_int_equal(rcolo_hdr_decode(buf, n, &h), 0);
     assert_int_equal(h.type, RCOLO_MSG_CREDIT);
     assert_int_equal(h.credits, 16);
-    assert_int_equal(rcolo_fence_ack_decode(buf, n, &seq), -EPROTO);
+    assert_int_equal(rcolo_fence_ack_decode(buf, n, &seq, &flags), -EPROTO);
     buf[0] = 0;
     assert_int_equal(rcolo_hdr_decode(buf, n, &h), -EPROTO);
     buf[0] = RCOLO_MSG__MAX;
@@ -591,6 +675,7 @@ int main(void)
         cmocka_unit_test(test_desc_malformed),
         cmocka_unit_test(test_desc_bounds),
         cmocka_unit_test(test_fence_and_barrier_desc),
+        cmocka_unit_test(test_session_fence_desc),
         cmocka_unit_test(test_fence_and_credit),
         cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_region_table),
