@@ -234,10 +234,9 @@ int rcolo_post_send(struct rdma_cm_id *id, struct ibv_send_wr *first)
     return -ibv_post_send(id->qp, first, &bad);
 }
 
-/* Sleep on @fd or the abort fd until @deadline.  Returns 1 (fd readable),
- * 0 (deadline), -ECANCELED (session failed) or -errno. */
-/* Poll @fds[0..n) and the session's abort fd: > 0 if one of @fds is
- * readable, 0 at @deadline, -ECANCELED once the session failed. */
+/* Sleep on @fds[0..n) and the session's abort fd (@fds has room for it at
+ * [n]) until @deadline.  Returns 1 (one of @fds readable), 0 (deadline),
+ * -ECANCELED (session failed) or -errno. */
 static int poll_fds(struct pollfd *fds, unsigned n, struct rcolo_core *c,
                     int64_t deadline)
 {

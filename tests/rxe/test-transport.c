@@ -578,35 +578,34 @@ static void primary_close(struct primary *p)
     free(p);
 }
 
-/* Barriers on every channel: what QEMU does after pages sent while the
- * guest runs, before the next pages (maybe the same ones, newer). */
-static void barrier_all(struct primary *p, unsigned k)
+/* Post @what (a fence or a barrier) on every channel, then wait for every
+ * ack: QEMU's multifd sync, or what its background sync does after pages
+ * sent while the guest runs, before the next ones (maybe the same pages,
+ * newer). */
+static void sync_all_channels(struct primary *p, unsigned k,
+                              int (*post)(struct rcolo_channel *),
+                              const char *what)
 {
     for (unsigned i = 0; i < CHANNELS; i++) {
-        int ret = rcolo_channel_barrier_post(p->ch[i]);
-        CHECK(ret == 0, "barrier %u on channel %u: %d (%s)", k, i, ret,
+        int ret = post(p->ch[i]);
+        CHECK(ret == 0, "%s %u on channel %u: %d (%s)", what, k, i, ret,
               rcolo_session_error(p->s));
     }
     for (unsigned i = 0; i < CHANNELS; i++) {
         int ret = rcolo_channel_fence_wait(p->ch[i], TIMEOUT_MS);
-        CHECK(ret == 0, "barrier %u on channel %u not acked: %d (%s)", k, i,
+        CHECK(ret == 0, "%s %u on channel %u not acked: %d (%s)", what, k, i,
               ret, rcolo_session_error(p->s));
     }
 }
 
-/* QEMU's multifd sync: a fence on every channel, then every ack. */
+static void barrier_all(struct primary *p, unsigned k)
+{
+    sync_all_channels(p, k, rcolo_channel_barrier_post, "barrier");
+}
+
 static void fence_all_channels(struct primary *p, unsigned k)
 {
-    for (unsigned i = 0; i < CHANNELS; i++) {
-        int ret = rcolo_channel_fence_post(p->ch[i]);
-        CHECK(ret == 0, "fence %u on channel %u: %d (%s)", k, i, ret,
-              rcolo_session_error(p->s));
-    }
-    for (unsigned i = 0; i < CHANNELS; i++) {
-        int ret = rcolo_channel_fence_wait(p->ch[i], TIMEOUT_MS);
-        CHECK(ret == 0, "fence %u on channel %u not acked: %d (%s)", k, i, ret,
-              rcolo_session_error(p->s));
-    }
+    sync_all_channels(p, k, rcolo_channel_fence_post, "fence");
 }
 
 /*
