@@ -939,42 +939,47 @@ int rcolo_channel_release(struct rcolo_channel *ch, struct rcolo_desc *desc)
  * secondary's library once all of them are released.  A fence of every
  * channel instead needs every receive thread to wake up, which costs more
  * than the round trip wherever threads outnumber CPUs.
+ *
+ * It covers the channels established when it starts: another thread may
+ * still be connecting one, which has sent nothing yet and has no CQ to
+ * wait on.
  */
+struct sfence_wait {
+    struct rcolo_session *s;
+    unsigned n;
+    struct rcolo_channel *ch[RCOLO_MAX_CHANNELS];
+};
+
 static int sfence_progress(void *opaque)
 {
-    struct rcolo_session *s = opaque;
+    struct sfence_wait *w = opaque;
     int found = 0;
 
-    for (unsigned i = 0; i < s->channels; i++) {
-        if (s->chan[i]) {
-            int n = chan_progress(s->chan[i]);
-            if (n < 0) {
-                return n;
-            }
-            found += n;
+    for (unsigned i = 0; i < w->n; i++) {
+        int n = chan_progress(w->ch[i]);
+        if (n < 0) {
+            return n;
         }
+        found += n;
     }
     return found;
 }
 
 static int sfence_sleep(void *opaque, int64_t deadline)
 {
-    struct rcolo_session *s = opaque;
+    struct sfence_wait *w = opaque;
     struct rcolo_qp_res *res[RCOLO_MAX_CHANNELS];
-    unsigned n = 0;
 
-    for (unsigned i = 0; i < s->channels; i++) {
-        if (s->chan[i]) {
-            ibv_req_notify_cq(s->chan[i]->res.cq, 0);
-            res[n++] = &s->chan[i]->res;
-        }
+    for (unsigned i = 0; i < w->n; i++) {
+        ibv_req_notify_cq(w->ch[i]->res.cq, 0);
+        res[i] = &w->ch[i]->res;
     }
     /* Look once more: a completion may have raced with arming. */
-    int found = sfence_progress(s);
+    int found = sfence_progress(w);
     if (found != 0) {
         return found < 0 ? found : 0;
     }
-    return rcolo_cqs_sleep(res, n, &s->core, deadline);
+    return rcolo_cqs_sleep(res, w->n, &w->s->core, deadline);
 }
 
 static const struct rcolo_wait_ops sfence_wait_ops = {
@@ -989,10 +994,13 @@ static bool sfence_acked(void *arg)
     return rcolo_fence_tx_idle(&s->sfence_tx);
 }
 
-static int sfence_post(struct rcolo_session *s)
+/* Post the session fence on channel 0 (w->ch[0]), naming the last
+ * descriptor of every established channel (0: none, or not established). */
+static int sfence_post(struct sfence_wait *w)
 {
-    struct rcolo_channel *ch = s->chan[0];
-    uint64_t last[RCOLO_MAX_CHANNELS];
+    struct rcolo_session *s = w->s;
+    struct rcolo_channel *ch = w->ch[0];
+    uint64_t last[RCOLO_MAX_CHANNELS] = {0};
     int slot;
     int ret = take_credit(ch);
 
@@ -1002,8 +1010,8 @@ static int sfence_post(struct rcolo_session *s)
     if (ret) {
         return ret;
     }
-    for (unsigned i = 0; i < s->channels; i++) {
-        last[i] = s->chan[i] ? s->chan[i]->tx.seq : 0;
+    for (unsigned i = 0; i < w->n; i++) {
+        last[w->ch[i]->index] = w->ch[i]->tx.seq;
     }
     size_t len = rcolo_desc_encode(
         rcolo_slot_buf(&ch->send, (uint32_t)slot), ch->send.size,
@@ -1025,6 +1033,7 @@ int rcolo_fence(struct rcolo_session *s, int timeout_ms)
     int64_t mine = rcolo_deadline(timeout_ms);
     int64_t owed = rcolo_owed_deadline(&s->core);
     bool owed_first = mine < 0 || owed < mine;
+    struct sfence_wait w = {.s = s};
     int ret;
 
     if (s->role != RCOLO_PRIMARY || !rcolo_fence_tx_idle(&s->sfence_tx)) {
@@ -1034,17 +1043,24 @@ int rcolo_fence(struct rcolo_session *s, int timeout_ms)
     if (ret) {
         return ret;
     }
-    if (!s->chan[0]) {
-        return -ENOTCONN;
+    pthread_mutex_lock(&s->core.lock);
+    for (unsigned i = 0; i < s->channels; i++) {
+        if (s->chan[i] && s->chan[i]->state == RCOLO_CHAN_ESTABLISHED) {
+            w.ch[w.n++] = s->chan[i];
+        }
     }
-    ret = sfence_post(s);
+    pthread_mutex_unlock(&s->core.lock);
+    if (!w.n || w.ch[0]->index != 0) {
+        return -ENOTCONN; /* the fence goes on channel 0 */
+    }
+    ret = sfence_post(&w);
     if (!ret) {
-        ret = rcolo_wait(&s->core, &sfence_wait_ops, s, sfence_acked, s,
+        ret = rcolo_wait(&s->core, &sfence_wait_ops, &w, sfence_acked, s,
                          owed_first ? owed : mine, RCOLO_FENCE_SPIN_NS);
-        note_owed_wait(s->chan[0], t0);
+        note_owed_wait(w.ch[0], t0);
     }
     if (ret == -ETIMEDOUT && owed_first) {
-        return stalled(s->chan[0], "acknowledged no session fence");
+        return stalled(w.ch[0], "acknowledged no session fence");
     }
     if (ret) {
         return ret;
