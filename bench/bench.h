@@ -40,6 +40,8 @@ struct options {
                              the guest runs, each push ended by barriers */
     unsigned channels;
     unsigned batch;        /* pages per descriptor / multifd packet */
+    unsigned desc_batch;   /* rdma: pages one descriptor may carry (0: one
+                              descriptor per --batch) */
     unsigned empty_fences; /* empty-checkpoint fences to time */
     uint64_t seed;
     bool verify;

@@ -49,7 +49,11 @@ static void usage(FILE *f)
         "                                  the checkpoint sends what the last\n"
         "                                  burst dirtied\n"
         "  --channels N                    data channels (default 4)\n"
-        "  --batch N                       pages per descriptor/packet (128)\n"
+        "  --batch N                       pages per write call/packet (128)\n"
+        "  --desc-batch N                  rdma: pages one descriptor may\n"
+        "                                  carry, several calls' worth, as\n"
+        "                                  QEMU's glue does (1024; 0: one\n"
+        "                                  descriptor per call)\n"
         "  --empty-fences N                empty checkpoints to time (200)\n"
         "  --seed N                        workload seed (default 1)\n"
         "  --no-verify                     skip the per-checkpoint "
@@ -136,6 +140,7 @@ static void parse(int argc, char **argv, struct options *o)
         O_BACKGROUND,
         O_CHAN,
         O_BATCH,
+        O_DESC_BATCH,
         O_EMPTY,
         O_SEED,
         O_NOVERIFY,
@@ -165,6 +170,7 @@ static void parse(int argc, char **argv, struct options *o)
         {"background", 0, 0, O_BACKGROUND},
         {"channels", 1, 0, O_CHAN},
         {"batch", 1, 0, O_BATCH},
+        {"desc-batch", 1, 0, O_DESC_BATCH},
         {"empty-fences", 1, 0, O_EMPTY},
         {"seed", 1, 0, O_SEED},
         {"no-verify", 0, 0, O_NOVERIFY},
@@ -193,6 +199,7 @@ static void parse(int argc, char **argv, struct options *o)
         .slices = 1,
         .channels = 4,
         .batch = 128,
+        .desc_batch = 1024,
         .empty_fences = 200,
         .seed = 1,
         .verify = true,
@@ -273,6 +280,9 @@ static void parse(int argc, char **argv, struct options *o)
             break;
         case O_BATCH:
             o->batch = parse_uint(optarg, 1, 1024, "--batch");
+            break;
+        case O_DESC_BATCH:
+            o->desc_batch = parse_uint(optarg, 0, 1024, "--desc-batch");
             break;
         case O_EMPTY:
             o->empty_fences = parse_uint(optarg, 0, 1000000, "--empty-fences");

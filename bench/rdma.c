@@ -140,6 +140,14 @@ int rdma_primary(const struct options *o, struct guest *g,
     }
     for (unsigned i = 0; i < o->channels && !ret; i++) {
         ret = rcolo_channel_connect(p.s, i, TIMEOUT_MS, &p.ch[i], &err);
+        if (!ret) {
+            /* As QEMU's glue does: fewer wake-ups of the receive threads. */
+            ret = rcolo_channel_set_desc_batch(p.ch[i], o->desc_batch);
+            if (ret) {
+                snprintf(err.message, sizeof(err.message),
+                         "descriptor batch: %s", strerror(-ret));
+            }
+        }
     }
     if (ret) {
         snprintf(res->error, sizeof(res->error), "rdma: %s", err.message);

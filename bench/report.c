@@ -155,11 +155,13 @@ void report_table(const struct options *o, const struct run_result *r,
     printf("\nrdma-colo-bench: %llu MiB guest, %u-byte pages, pattern %s, "
            "%llu MiB dirtied per checkpoint in %u burst%s (%u%% zero), "
            "%u channels, "
-           "%u pages per descriptor, %u checkpoints, seed %llu\n",
+           "%u pages per write (rdma descriptors of up to %u), "
+           "%u checkpoints, seed %llu\n",
            (unsigned long long)(o->size >> 20), o->page_size,
            pattern_name(o->pattern), (unsigned long long)(o->dirty >> 20),
            o->slices, o->slices > 1 ? "s" : "", o->zero_pct, o->channels,
-           o->batch, o->checkpoints, (unsigned long long)o->seed);
+           o->batch, o->desc_batch > o->batch ? o->desc_batch : o->batch,
+           o->checkpoints, (unsigned long long)o->seed);
     if (w->have) {
         printf("wire limit (perftest, same device, same run): ib_write_bw "
                "4 KiB %.1f MB/s, 64 KiB %.1f MB/s; ib_write_lat 8 B %.2f us, "
@@ -269,11 +271,11 @@ int report_json(const char *path, const struct options *o,
     fprintf(f,
             "{\n  \"config\": {\"size\": %llu, \"page_size\": %u, "
             "\"pattern\": \"%s\", \"dirty\": %llu, \"zero_pct\": %u, "
-            "\"channels\": %u, \"batch\": %u, \"checkpoints\": %u, "
-            "\"seed\": %llu},\n",
+            "\"channels\": %u, \"batch\": %u, \"desc_batch\": %u, "
+            "\"checkpoints\": %u, \"seed\": %llu},\n",
             (unsigned long long)o->size, o->page_size, pattern_name(o->pattern),
             (unsigned long long)o->dirty, o->zero_pct, o->channels, o->batch,
-            o->checkpoints, (unsigned long long)o->seed);
+            o->desc_batch, o->checkpoints, (unsigned long long)o->seed);
     fprintf(f,
             "  \"wire\": {\"write_bw_4096_MBps\": %.2f, "
             "\"write_bw_65536_MBps\": %.2f, \"write_lat_8_us\": %.2f, "

@@ -70,6 +70,8 @@ static int setup_primary(struct rcolo_channel *ch, struct ibv_pd *pd,
     tx->wrs = g_new0(struct ibv_send_wr, RCOLO_MAX_DESC_PAGES + 1);
     tx->sges = g_new0(struct ibv_sge, RCOLO_MAX_DESC_PAGES + 1);
     tx->runs = g_new0(struct rcolo_run, RCOLO_MAX_DESC_PAGES);
+    tx->pend.offsets = g_new0(uint64_t, RCOLO_MAX_DESC_PAGES);
+    tx->pend.zero = g_new0(uint64_t, RCOLO_MAX_DESC_PAGES);
     rcolo_credits_init(&tx->credits, depth);
     return ret;
 }
@@ -133,6 +135,8 @@ void rcolo_channel_free(struct rcolo_channel *ch)
         g_free(ch->tx.wrs);
         g_free(ch->tx.sges);
         g_free(ch->tx.runs);
+        g_free(ch->tx.pend.offsets);
+        g_free(ch->tx.pend.zero);
     } else {
         g_free(ch->rx.offsets);
         g_free(ch->rx.ready);
@@ -390,18 +394,34 @@ static bool sq_ready(void *arg)
            !rcolo_fifo_full(&n->ch->send.inflight);
 }
 
-static int reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot)
+static bool sq_room(void *arg)
 {
-    struct sq_need need = {.ch = ch, .wrs = wrs};
+    struct sq_need *n = arg;
+
+    return rcolo_sq_has_room(&n->ch->sq, n->wrs);
+}
+
+/* Wait for @ready(@need), owed by the peer. */
+static int reserve(struct rcolo_channel *ch, bool (*ready)(void *arg),
+                   struct sq_need *need)
+{
     int ret = 0;
 
     /* Only a real wait reads the clock for its deadline. */
-    if (!sq_ready(&need)) {
-        ret = owed_wait(ch, sq_ready, &need, RCOLO_SPIN_NS);
+    if (!ready(need)) {
+        ret = owed_wait(ch, ready, need, RCOLO_SPIN_NS);
     }
     if (ret == -ETIMEDOUT) {
         return stalled(ch, "acknowledged no message");
     }
+    return ret;
+}
+
+static int reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot)
+{
+    struct sq_need need = {.ch = ch, .wrs = wrs};
+    int ret = reserve(ch, sq_ready, &need);
+
     if (ret) {
         return ret;
     }
@@ -468,6 +488,140 @@ static bool offsets_valid(const struct rcolo_region *r, const uint64_t *offs,
     return true;
 }
 
+/* Build the RDMA WRITEs of @nruns runs of tx->runs into tx->wrs, chained
+ * (the last one's next is &tx->wrs[nruns]), and account for them; one in
+ * RCOLO_SIGNAL_EVERY is signaled, and the last one if @signal_last. */
+static void build_writes(struct rcolo_channel *ch, const struct rcolo_region *r,
+                         unsigned nruns, bool signal_last)
+{
+    struct rcolo_chan_tx *tx = &ch->tx;
+
+    for (unsigned i = 0; i < nruns; i++) {
+        struct ibv_send_wr *wr = &tx->wrs[i];
+        bool signaled = (ch->sq.posted + 1) % RCOLO_SIGNAL_EVERY == 0 ||
+                        (signal_last && i == nruns - 1);
+
+        tx->sges[i] = (struct ibv_sge){
+            .addr = (uintptr_t)(r->addr + tx->runs[i].offset),
+            .length = (uint32_t)tx->runs[i].length,
+            .lkey = r->mr->lkey,
+        };
+        *wr = (struct ibv_send_wr){
+            .wr_id = (uintptr_t)&tx->write_ctx,
+            .next = &tx->wrs[i + 1],
+            .sg_list = &tx->sges[i],
+            .num_sge = 1,
+            .opcode = IBV_WR_RDMA_WRITE,
+            .send_flags = signaled ? IBV_SEND_SIGNALED : 0,
+            .wr.rdma = {.remote_addr = r->remote_addr + tx->runs[i].offset,
+                        .rkey = r->rkey},
+        };
+        rcolo_sq_posted(&ch->sq, signaled);
+        stat_add(&ch->stats.bytes, tx->runs[i].length);
+    }
+    stat_add(&ch->stats.write_wrs, nruns);
+}
+
+/* Encode a page descriptor into @slot and post it after the @nchain WRITEs
+ * already built: RC ordering places their data before the descriptor's
+ * receive completes. */
+static int post_desc(struct rcolo_channel *ch, int slot, uint32_t region_id,
+                     const uint64_t *offsets, unsigned n, const uint64_t *zero,
+                     unsigned nzero, uint64_t hostile_offset, unsigned nchain)
+{
+    struct rcolo_chan_tx *tx = &ch->tx;
+    uint8_t *buf = rcolo_slot_buf(&ch->send, (uint32_t)slot);
+    size_t len = rcolo_desc_encode(buf, ch->send.size, false, region_id,
+                                   ++tx->seq, offsets, n, zero, nzero);
+
+    if (hostile_offset && n) {
+        uint64_t bad = htobe64(hostile_offset);
+        memcpy(buf + RCOLO_DESC_FIXED_LEN, &bad, sizeof(bad));
+    }
+    int ret = post_send_slot(ch, (uint32_t)slot, (uint32_t)len, tx->wrs,
+                             tx->sges, nchain);
+    if (!ret) {
+        stat_add(&ch->stats.descriptors, 1);
+    }
+    return ret;
+}
+
+/* Send the batched descriptor, if pages wait for one. */
+static int flush_desc(struct rcolo_channel *ch)
+{
+    struct rcolo_pending_desc *pd = &ch->tx.pend;
+    int slot;
+
+    if (!pd->n && !pd->nzero) {
+        return 0;
+    }
+    int ret = take_credit(ch);
+    if (!ret) {
+        ret = reserve_send(ch, 1, &slot);
+    }
+    if (!ret) {
+        ret = post_desc(ch, slot, pd->region_id, pd->offsets, pd->n, pd->zero,
+                        pd->nzero, pd->hostile_offset, 0);
+    }
+    if (!ret) {
+        pd->n = pd->nzero = 0;
+        pd->hostile_offset = 0;
+    }
+    return ret;
+}
+
+/* Batched: post the WRITEs now (the last one signaled, so that their
+ * send-queue room comes back without a descriptor behind them) and add the
+ * pages to the pending descriptor. */
+static int write_batched(struct rcolo_channel *ch, const struct rcolo_region *r,
+                         const uint64_t *offsets, unsigned n,
+                         const uint64_t *zero, unsigned nzero, unsigned nruns,
+                         bool hostile)
+{
+    struct rcolo_chan_tx *tx = &ch->tx;
+    struct rcolo_pending_desc *pd = &tx->pend;
+    int ret = 0;
+
+    if ((pd->n || pd->nzero) &&
+        (pd->region_id != r->id ||
+         pd->n + pd->nzero + n + nzero > tx->batch_pages)) {
+        ret = flush_desc(ch);
+    }
+    if (!ret && nruns) {
+        struct sq_need need = {.ch = ch, .wrs = nruns};
+
+        ret = reserve(ch, sq_room, &need);
+        if (!ret) {
+            build_writes(ch, r, nruns, true);
+            tx->wrs[nruns - 1].next = NULL;
+            ret = rcolo_post_send(ch->id, tx->wrs);
+            if (ret) {
+                return chan_fail(ch, ret,
+                                 "ibv_post_send failed: ", strerror(-ret));
+            }
+        }
+    }
+    if (ret) {
+        return ret;
+    }
+    if (hostile) {
+        pd->hostile_offset = r->length; /* one page past the end */
+    }
+    pd->region_id = r->id;
+    if (n) { /* memcpy's source may not be NULL, even for 0 bytes */
+        memcpy(pd->offsets + pd->n, offsets, n * sizeof(*offsets));
+    }
+    if (nzero) {
+        memcpy(pd->zero + pd->nzero, zero, nzero * sizeof(*zero));
+    }
+    pd->n += n;
+    pd->nzero += nzero;
+    if (pd->n + pd->nzero >= tx->batch_pages) {
+        ret = flush_desc(ch);
+    }
+    return ret;
+}
+
 static int write_pages(struct rcolo_channel *ch, uint32_t region_id,
                        const uint64_t *offsets, unsigned n,
                        const uint64_t *zero, unsigned nzero)
@@ -498,54 +652,24 @@ static int write_pages(struct rcolo_channel *ch, uint32_t region_id,
         nruns = rcolo_coalesce(offsets, n, r->page_size, RCOLO_MAX_WRITE_BYTES,
                                tx->runs, RCOLO_MAX_DESC_PAGES, &consumed);
     }
-    ret = take_credit(ch);
-    if (!ret) {
-        ret = reserve_send(ch, nruns + 1, &slot);
+    if (tx->batch_pages > 1) {
+        ret = write_batched(ch, r, offsets, n, zero, nzero, nruns, hostile);
+    } else {
+        ret = take_credit(ch);
+        if (!ret) {
+            ret = reserve_send(ch, nruns + 1, &slot);
+        }
+        if (!ret) {
+            build_writes(ch, r, nruns, false);
+            ret = post_desc(ch, slot, region_id, offsets, n, zero, nzero,
+                            hostile ? r->length : 0, nruns);
+        }
     }
-    if (ret) {
-        return ret;
-    }
-    for (unsigned i = 0; i < nruns; i++) {
-        struct ibv_send_wr *wr = &tx->wrs[i];
-        bool signaled = (ch->sq.posted + 1) % RCOLO_SIGNAL_EVERY == 0;
-
-        tx->sges[i] = (struct ibv_sge){
-            .addr = (uintptr_t)(r->addr + tx->runs[i].offset),
-            .length = (uint32_t)tx->runs[i].length,
-            .lkey = r->mr->lkey,
-        };
-        *wr = (struct ibv_send_wr){
-            .wr_id = (uintptr_t)&tx->write_ctx,
-            .next = &tx->wrs[i + 1],
-            .sg_list = &tx->sges[i],
-            .num_sge = 1,
-            .opcode = IBV_WR_RDMA_WRITE,
-            .send_flags = signaled ? IBV_SEND_SIGNALED : 0,
-            .wr.rdma = {.remote_addr = r->remote_addr + tx->runs[i].offset,
-                        .rkey = r->rkey},
-        };
-        rcolo_sq_posted(&ch->sq, signaled);
-        stat_add(&ch->stats.bytes, tx->runs[i].length);
-    }
-
-    /* The descriptor follows the writes on the same QP: RC ordering
-     * places the data before the descriptor's receive completes. */
-    uint8_t *buf = rcolo_slot_buf(&ch->send, (uint32_t)slot);
-    size_t len = rcolo_desc_encode(buf, ch->send.size, false, region_id,
-                                   ++tx->seq, offsets, n, zero, nzero);
-    if (hostile && n) {
-        uint64_t bad = htobe64(r->length); /* one page past the end */
-        memcpy(buf + RCOLO_DESC_FIXED_LEN, &bad, sizeof(bad));
-    }
-    ret = post_send_slot(ch, (uint32_t)slot, (uint32_t)len, tx->wrs, tx->sges,
-                         nruns);
     if (ret) {
         return ret;
     }
     stat_add(&ch->stats.pages, n);
     stat_add(&ch->stats.zero_pages, nzero);
-    stat_add(&ch->stats.write_wrs, nruns);
-    stat_add(&ch->stats.descriptors, 1);
     /* Reap what is done without waiting: keeps the CQ short. */
     ret = chan_progress(ch);
     return ret < 0 ? ret : 0;
@@ -566,6 +690,27 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     return ret;
 }
 
+int rcolo_channel_set_desc_batch(struct rcolo_channel *ch, unsigned max_pages)
+{
+    if (ch->role != RCOLO_PRIMARY || max_pages > RCOLO_MAX_DESC_PAGES) {
+        return -EINVAL;
+    }
+    int ret = flush_desc(ch);
+    if (!ret) {
+        ch->tx.batch_pages = max_pages;
+    }
+    return ret;
+}
+
+int rcolo_channel_flush(struct rcolo_channel *ch)
+{
+    if (ch->role != RCOLO_PRIMARY) {
+        return -EINVAL;
+    }
+    int ret = rcolo_status(ch->core);
+    return ret ? ret : flush_desc(ch);
+}
+
 static int post_fence(struct rcolo_channel *ch, uint8_t flags)
 {
     struct rcolo_chan_tx *tx = &ch->tx;
@@ -578,7 +723,10 @@ static int post_fence(struct rcolo_channel *ch, uint8_t flags)
     if (ch->role != RCOLO_PRIMARY || !rcolo_fence_tx_idle(&tx->fence)) {
         return -EINVAL;
     }
-    ret = take_credit(ch);
+    ret = flush_desc(ch);
+    if (!ret) {
+        ret = take_credit(ch);
+    }
     if (!ret) {
         ret = reserve_send(ch, 1, &slot);
     }
@@ -1002,7 +1150,15 @@ static int sfence_post(struct sfence_wait *w)
     struct rcolo_channel *ch = w->ch[0];
     uint64_t last[RCOLO_MAX_CHANNELS] = {0};
     int slot;
-    int ret = take_credit(ch);
+    int ret = 0;
+
+    /* Batched pages first: the fence names their descriptors. */
+    for (unsigned i = 0; !ret && i < w->n; i++) {
+        ret = flush_desc(w->ch[i]);
+    }
+    if (!ret) {
+        ret = take_credit(ch);
+    }
 
     if (!ret) {
         ret = reserve_send(ch, 1, &slot);

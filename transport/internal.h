@@ -67,6 +67,20 @@ struct rcolo_chan_tx {
      * refuses while the second is set (atomics, sequentially consistent). */
     struct rcolo_region *last_region;
     uint32_t in_write;
+    /* Descriptor batching (rcolo_channel_set_desc_batch): pages whose
+     * WRITEs are posted but whose descriptor is not sent yet.  It goes out
+     * when it holds batch_pages pages, before pages of another region, and
+     * before every fence, barrier or session fence (flush_desc).  Owned by
+     * the channel's writing thread, like the rest of tx. */
+    unsigned batch_pages; /* 0: one descriptor per rcolo_write_pages */
+    struct rcolo_pending_desc {
+        uint32_t region_id;
+        unsigned n, nzero;
+        uint64_t *offsets; /* RCOLO_MAX_DESC_PAGES each */
+        uint64_t *zero;
+        uint64_t hostile_offset; /* fault injection: sent instead of the
+                                    first offset when nonzero */
+    } pend;
 };
 
 /* Secondary: descriptors in, CREDIT/FENCE_ACK out. */

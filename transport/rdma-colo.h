@@ -287,6 +287,25 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
                       unsigned nzero);
 
 /*
+ * Primary: let the pages of consecutive rcolo_write_pages() calls on @ch
+ * share one descriptor of up to @max_pages pages (normal and zero, at most
+ * RCOLO_MAX_DESC_PAGES; 0 or 1: one descriptor per call, the default).
+ * Their WRITEs are posted at once, but the descriptor naming them goes out
+ * only when it is full, before pages of another region, and before the
+ * channel's next fence or barrier or the session's next fence (or at
+ * rcolo_channel_flush()): the secondary's receive thread wakes up once for
+ * many pages instead of once per call, and may receive descriptors of up
+ * to @max_pages pages.  Nothing changes for what a fence guarantees.  Call
+ * from the channel's writing thread; a pending descriptor is sent first.
+ * Returns 0 or -errno (since 0.6).
+ */
+int rcolo_channel_set_desc_batch(struct rcolo_channel *ch, unsigned max_pages);
+
+/* Primary: send the batched descriptor of @ch now, if pages wait for one
+ * (rcolo_channel_set_desc_batch).  Returns 0 or -errno (since 0.6). */
+int rcolo_channel_flush(struct rcolo_channel *ch);
+
+/*
  * Primary: fence.  Returns once every page written on every channel of the
  * session before the call is placed in the secondary's memory and its
  * descriptor released by the secondary.  Call it with no other thread using
