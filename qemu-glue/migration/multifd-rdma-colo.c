@@ -4,14 +4,19 @@
  * rdma-colo: multifd channels as RDMA data channels
  *
  * Source: the pages of a multifd packet are RDMA-written from the RAMBlock
- * into the destination's COLO cache and the page list goes as the
- * descriptor; a multifd sync is a fence, which returns once every page
- * written before it is placed and its descriptor released.
+ * into the destination's COLO cache at once, and their page list goes in a
+ * descriptor shared by up to RCOLO_MAX_DESC_PAGES pages (eight packets of
+ * 4 KiB pages): the library sends it when it is full, before another
+ * RAMBlock's pages, and before every sync.  A multifd sync is a fence,
+ * which returns once every page written before it is placed and its
+ * descriptor released.
  *
- * Destination: each channel has its own receive thread, which turns a
- * descriptor straight into the receive state (RAMBlock, normal and zero
- * page offsets) and hands it to the COLO code, which marks the bitmap (and,
- * before COLO state, copies the cache to guest RAM) exactly as for TCP.
+ * Destination: each channel has its own receive thread, which wakes up
+ * once per descriptor (that wake-up, not the marking, is most of its CPU
+ * time, hence the batching), turns it straight into the receive state
+ * (RAMBlock, normal and zero page offsets) a packet's worth at a time, and
+ * hands that to the COLO code, which marks the bitmap (and, before COLO
+ * state, copies the cache to guest RAM) exactly as for TCP.
  * No packet is built or parsed on this side: the library validated the
  * descriptor against the registered cache.
  *
@@ -65,6 +70,8 @@ bool rdma_colo_send_channel_create(gpointer opaque, Error **errp)
         object_unref(OBJECT(rioc));
         ok = false;
     } else {
+        /* Before the channel's thread exists: it owns the channel then. */
+        rcolo_channel_set_desc_batch(rioc->ch, RCOLO_MAX_DESC_PAGES);
         qio_channel_set_name(QIO_CHANNEL(rioc), "migration-rdma-colo-data");
         multifd_channel_connect(p, QIO_CHANNEL(rioc)); /* takes our ref */
     }
@@ -258,36 +265,6 @@ const MultiFDChannelOps *rdma_colo_channel_ops(QIOChannel *ioc)
 }
 
 /*
- * Make @desc the channel's receive state: what multifd_ram_unfill_packet()
- * would have decoded from a packet.
- */
-static bool rdma_colo_recv_state(MultiFDRecvParams *p,
-                                 const struct rcolo_desc *desc, Error **errp)
-{
-    RdmaColoSession *sess = QIO_CHANNEL_RDMA_COLO(p->c)->sess;
-
-    /* The library checked the offsets against the registered cache. */
-    if (desc->region_id >= qatomic_load_acquire(&sess->nblocks) ||
-        desc->page_size != multifd_ram_page_size() ||
-        desc->n + desc->nzero > multifd_ram_page_count()) {
-        error_setg(errp, "rdma-colo: multifd channel %u: descriptor for "
-                   "region %u with %u+%u pages of %u bytes does not fit a "
-                   "multifd packet", p->id, desc->region_id, desc->n,
-                   desc->nzero, desc->page_size);
-        return false;
-    }
-    p->block = sess->blocks[desc->region_id];
-    p->host = p->block->colo_cache; /* x-colo is required */
-    p->normal_num = desc->n;
-    p->zero_num = desc->nzero;
-    memcpy(p->normal, desc->offsets, desc->n * sizeof(p->normal[0]));
-    memcpy(p->zero, desc->zero, desc->nzero * sizeof(p->zero[0]));
-    p->packet_num = desc->seq;
-    p->packets_recved++;
-    return true;
-}
-
-/*
  * The pages are in the cache already: mark them, as multifd-nocomp.c does
  * after reading them.
  */
@@ -299,6 +276,51 @@ static void rdma_colo_recv_pages(MultiFDRecvParams *p)
         ramblock_recv_bitmap_set_offset(p->block, p->normal[i]);
     }
     multifd_colo_process_recv(p);
+}
+
+/*
+ * Receive @desc: make it the channel's receive state, what
+ * multifd_ram_unfill_packet() would have decoded from a packet, and mark
+ * its pages, a packet's worth (multifd_ram_page_count()) at a time, since
+ * that is what p->normal and p->zero hold; a descriptor has up to
+ * RCOLO_MAX_DESC_PAGES pages.
+ */
+static bool rdma_colo_recv_desc(MultiFDRecvParams *p,
+                                const struct rcolo_desc *desc, Error **errp)
+{
+    RdmaColoSession *sess = QIO_CHANNEL_RDMA_COLO(p->c)->sess;
+    uint32_t max = multifd_ram_page_count();
+    unsigned ni = 0, zi = 0;
+
+    /* The library checked the offsets against the registered cache. */
+    if (desc->region_id >= qatomic_load_acquire(&sess->nblocks) ||
+        desc->page_size != multifd_ram_page_size()) {
+        error_setg(errp, "rdma-colo: multifd channel %u: descriptor for "
+                   "region %u with pages of %u bytes does not fit a "
+                   "RAMBlock of %u-byte pages", p->id, desc->region_id,
+                   desc->page_size, multifd_ram_page_size());
+        return false;
+    }
+    p->block = sess->blocks[desc->region_id];
+    p->host = p->block->colo_cache; /* x-colo is required */
+    p->packet_num = desc->seq;
+    p->packets_recved++;
+    do {
+        p->normal_num = MIN(desc->n - ni, max);
+        p->zero_num = MIN(desc->nzero - zi, max - p->normal_num);
+        if (p->normal_num) {
+            memcpy(p->normal, desc->offsets + ni,
+                   p->normal_num * sizeof(p->normal[0]));
+        }
+        if (p->zero_num) {
+            memcpy(p->zero, desc->zero + zi,
+                   p->zero_num * sizeof(p->zero[0]));
+        }
+        ni += p->normal_num;
+        zi += p->zero_num;
+        rdma_colo_recv_pages(p);
+    } while (ni < desc->n || zi < desc->nzero);
+    return true;
 }
 
 /*
@@ -336,10 +358,9 @@ void *rdma_colo_multifd_recv_thread(void *opaque)
             }
             continue;
         }
-        if (!rdma_colo_recv_state(p, &desc, &local_err)) {
+        if (!rdma_colo_recv_desc(p, &desc, &local_err)) {
             break;
         }
-        rdma_colo_recv_pages(p);
         rioc->recv_pages += desc.n;
         rioc->recv_zero_pages += desc.nzero;
         /* Marked (and copied): the source may reuse the slot. */
