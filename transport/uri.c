@@ -208,6 +208,7 @@ int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
 {
     const char *p, *host, *host_end, *port, *port_end;
     unsigned port_num;
+    char msg[64];
 
     if (!text || !uri) {
         return rcolo_set_error(err, -EINVAL, "invalid rdma-colo URI: NULL");
@@ -222,6 +223,12 @@ int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
     }
     p = text + strlen(SCHEME);
 
+    if (!strncmp(p, "//", 2)) {
+        /* rdma-colo://HOST:PORT, as a URL: say so, not "bad host". */
+        return uri_fail(err, text,
+                        "HOST:PORT follows 'rdma-colo:' directly, without "
+                        "'//'");
+    }
     if (*p == '[') {
         host = p + 1;
         host_end = strchr(host, ']');
@@ -255,9 +262,15 @@ int rcolo_uri_parse(const char *text, struct rcolo_uri *uri,
         }
         for (const char *c = host; c < host_end; c++) {
             if (!host_char_ok(*c)) {
-                return uri_fail(
-                    err, text, "bad character in host (IPv6 needs [brackets])");
+                snprintf(msg, sizeof(msg), "bad character '%c' in host", *c);
+                return uri_fail(err, text, msg);
             }
+        }
+        /* fe80::1:4444 splits at the first ':': name the real mistake. */
+        if (memchr(host_end + 1, ':', strcspn(host_end + 1, "?"))) {
+            return uri_fail(err, text,
+                            "an IPv6 address goes in brackets: "
+                            "rdma-colo:[ADDRESS]:PORT");
         }
         p = host_end;
     }

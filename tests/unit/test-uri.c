@@ -74,12 +74,17 @@ static void test_bad_scheme_and_shape(void **state)
     bad("rdma-colo:", "expected HOST:PORT");
     bad("rdma-colo:h", "expected HOST:PORT");
     bad("rdma-colo::1", "empty host");
-    bad("rdma-colo:fe80::1:4444", "port must be");
+    bad("rdma-colo:fe80::1:4444",
+        "an IPv6 address goes in brackets: rdma-colo:[ADDRESS]:PORT");
+    bad("rdma-colo:fe80::1:4444?token=t", "goes in brackets");
+    bad("rdma-colo://127.0.0.1:9998",
+        "HOST:PORT follows 'rdma-colo:' directly, without '//'");
+    bad("rdma-colo:h/x:1", "bad character '/' in host");
     bad("rdma-colo:[fe80::1:4444", "lacks ']'");
     bad("rdma-colo:[]:1", "empty IPv6");
     bad("rdma-colo:[host]:1", "brackets are for IPv6");
     bad("rdma-colo:[::1]4444", "expected ':PORT'");
-    bad("rdma-colo:h o:1", "bad character in host");
+    bad("rdma-colo:h o:1", "bad character ' ' in host");
 }
 
 static void test_bad_port(void **state)
