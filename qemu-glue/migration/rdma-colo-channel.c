@@ -214,7 +214,14 @@ static int qio_channel_rdma_colo_shutdown(QIOChannel *ioc,
      * Yank, failover and multifd termination all end the whole session:
      * every thread blocked on it, on either side, wakes with an error.
      */
-    trace_rdma_colo_shutdown(rioc->index);
+    if (trace_event_get_state_backends(TRACE_RDMA_COLO_SHUTDOWN)) {
+        /* Who ended it: here, or the peer or fabric before (its error). */
+        int status = rcolo_session_status(rioc->sess->rs);
+
+        trace_rdma_colo_shutdown(rioc->index, status,
+                                 status ? rcolo_session_error(rioc->sess->rs)
+                                        : "running, this ends it");
+    }
     rcolo_session_shutdown(rioc->sess->rs);
     return 0;
 }

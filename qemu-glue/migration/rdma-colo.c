@@ -28,18 +28,52 @@ static void rdma_colo_forget_uri(struct rcolo_uri *uri)
     explicit_bzero(uri->token, sizeof(uri->token));
 }
 
+/*
+ * The URI options QEMU takes: the library's but channels= (QEMU's is the
+ * multifd-channels parameter) and insecure= (QEMU always authenticates,
+ * refused below with its reason).  Checked before the library's parser,
+ * whose list of known options is its own.  Only option names are quoted:
+ * a value may be the token.
+ */
+static bool rdma_colo_check_options(const char *uri, Error **errp)
+{
+    static const char *const known[] = {
+        "depth", "insecure", "secret", "timeout", "token",
+    };
+    const char *q = strchr(uri, '?');
+    g_auto(GStrv) opts = q ? g_strsplit(q + 1, "&", -1) : NULL;
+
+    for (char **o = opts; o && *o; o++) {
+        size_t klen = strcspn(*o, "=");
+        bool ok = false;
+
+        if (klen == 8 && !strncmp(*o, "channels", klen)) {
+            error_setg(errp, "rdma-colo: the number of data channels is the "
+                       "multifd-channels parameter, not a URI option");
+            return false;
+        }
+        for (int i = 0; i < ARRAY_SIZE(known); i++) {
+            ok |= klen == strlen(known[i]) && !strncmp(*o, known[i], klen);
+        }
+        if (!ok && klen) { /* the library reports empty ones */
+            error_setg(errp, "rdma-colo: unknown URI option '%.*s' (known: "
+                       "depth, secret, timeout, token)", (int)klen, *o);
+            return false;
+        }
+    }
+    return true;
+}
+
 bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
 {
     struct rcolo_uri u;
     struct rcolo_error err;
 
-    if (rcolo_uri_parse(uri, &u, &err) < 0) {
-        error_setg(errp, "%s", err.message);
+    if (!rdma_colo_check_options(uri, errp)) {
         return false;
     }
-    if (strstr(uri, "channels=")) {
-        error_setg(errp, "rdma-colo: the number of data channels is the "
-                   "multifd-channels parameter, not a URI option");
+    if (rcolo_uri_parse(uri, &u, &err) < 0) {
+        error_setg(errp, "%s", err.message);
         return false;
     }
     if (u.flags & RCOLO_URI_INSECURE) {
@@ -129,7 +163,21 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
         text = g_strdup_printf("%s&timeout=%u", base, addr->timeout);
     }
     if (rcolo_uri_parse(text, uri, &err) < 0) {
-        error_setg(errp, "%s", err.message);
+        /*
+         * The library's message is "invalid rdma-colo URI: REASON (in
+         * 'URI')", and that URI is the one built here, which the user of
+         * this form never typed: keep the reason only.
+         */
+        const char *reason = err.message;
+        const char *in = strstr(reason, " (in '");
+
+        if (g_str_has_prefix(reason, "invalid rdma-colo URI: ")) {
+            reason += strlen("invalid rdma-colo URI: ");
+        }
+        error_setg(errp, "rdma-colo: invalid address (host '%s', port "
+                   "'%s'): %.*s", addr->host, addr->port,
+                   in && in > reason ? (int)(in - reason) : (int)strlen(reason),
+                   reason);
         explicit_bzero(text, strlen(text));
         return false;
     }
