@@ -349,10 +349,13 @@ static void parse(int argc, char **argv, struct options *o)
         BENCH_ERR("unexpected argument '%s'", argv[optind]);
         exit(2);
     }
-    if (o->page_size < 4096 || (o->page_size & (o->page_size - 1)) ||
-        o->size % o->page_size || o->size < o->page_size) {
-        BENCH_ERR("--size must be a multiple of --page-size (a power of two "
-                  ">= 4096)");
+    if (o->page_size != 4096 && o->page_size != 2u << 20) {
+        BENCH_ERR("--page-size must be 4096 or 2M (QEMU's pages: 4 KiB, or "
+                  "2 MiB huge pages)");
+        exit(2);
+    }
+    if (o->size % o->page_size || o->size < o->page_size) {
+        BENCH_ERR("--size must be a multiple of --page-size");
         exit(2);
     }
     if (o->background && (!o->run_rdma || o->slices < 2)) {

@@ -3,7 +3,8 @@
 #
 # rdma-colo-bench's failure modes, each must end in one clear error line and
 # a non-zero exit, never a hang: memlock too low, nobody listening, no
-# token, wrong token, the secondary killed mid-run.  Runs under scripts/with-rxe.
+# token, wrong token, the secondary killed mid-run, a page size QEMU does
+# not use.  Runs under scripts/with-rxe.
 set -u
 bench=$(realpath "${1:?usage: bench-errors.sh RDMA-COLO-BENCH}")
 addr=${RDMA_COLO_TEST_ADDR:?run under scripts/with-rxe}
@@ -19,6 +20,10 @@ expect() { # NAME RC OUTPUT PATTERN
 }
 cd "${TMPDIR:-/tmp}"
 small=(--size 32M --dirty 1M --checkpoints 2 --empty-fences 0 --quiet)
+
+out=$(timeout 60 "$bench" --transport rdma --page-size 8192 "${small[@]}" 2>&1)
+expect "page size other than 4096 or 2M" $? "$out" \
+    "page-size must be 4096 or 2M"
 
 # memlock: root ignores RLIMIT_MEMLOCK (CAP_IPC_LOCK), so drop to nobody.
 out=$( (ulimit -l 64; setpriv --reuid=65534 --regid=65534 --clear-groups \
