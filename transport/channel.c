@@ -1159,7 +1159,6 @@ static int sfence_post(struct sfence_wait *w)
     if (!ret) {
         ret = take_credit(ch);
     }
-
     if (!ret) {
         ret = reserve_send(ch, 1, &slot);
     }
