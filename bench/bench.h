@@ -39,7 +39,7 @@ struct options {
     bool bg;              /* this phase: push all but the last burst while
                              the guest runs, each push ended by barriers */
     unsigned channels;
-    unsigned batch;        /* pages per descriptor / multifd packet */
+    unsigned batch;        /* pages per write call / multifd packet */
     unsigned desc_batch;   /* rdma: pages one descriptor may carry (0: one
                               descriptor per --batch) */
     unsigned empty_fences; /* empty-checkpoint fences to time */
