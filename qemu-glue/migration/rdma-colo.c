@@ -33,31 +33,30 @@ static void rdma_colo_forget_uri(struct rcolo_uri *uri)
  * multifd-channels parameter) and insecure= (QEMU always authenticates,
  * refused below with its reason).  Checked before the library's parser,
  * whose list of known options is its own.  Only option names are quoted:
- * a value may be the token.
+ * a value may be the token, and nothing is copied (a copy would have to be
+ * wiped, as the token is elsewhere).
  */
 static bool rdma_colo_check_options(const char *uri, Error **errp)
 {
     static const char *const known[] = {
         "depth", "insecure", "secret", "timeout", "token",
     };
-    const char *q = strchr(uri, '?');
-    g_auto(GStrv) opts = q ? g_strsplit(q + 1, "&", -1) : NULL;
 
-    for (char **o = opts; o && *o; o++) {
-        size_t klen = strcspn(*o, "=");
+    for (const char *o = strchr(uri, '?'); o; o = strchr(o, '&')) {
+        size_t klen = strcspn(++o, "=&");
         bool ok = false;
 
-        if (klen == 8 && !strncmp(*o, "channels", klen)) {
+        if (klen == 8 && !strncmp(o, "channels", klen)) {
             error_setg(errp, "rdma-colo: the number of data channels is the "
                        "multifd-channels parameter, not a URI option");
             return false;
         }
         for (int i = 0; i < ARRAY_SIZE(known); i++) {
-            ok |= klen == strlen(known[i]) && !strncmp(*o, known[i], klen);
+            ok |= klen == strlen(known[i]) && !strncmp(o, known[i], klen);
         }
         if (!ok && klen) { /* the library reports empty ones */
             error_setg(errp, "rdma-colo: unknown URI option '%.*s' (known: "
-                       "depth, secret, timeout, token)", (int)klen, *o);
+                       "depth, secret, timeout, token)", (int)klen, o);
             return false;
         }
     }
