@@ -445,7 +445,12 @@ struct rcolo_session_stats {
      * connection, in ns (total.owed_wait_ns_max: the longest on any data
      * channel). */
     uint64_t stream_owed_wait_ns_max;
-    uint64_t reserved[7]; /* zero; room for counters without an ABI break */
+    /* Regions registered with the device now (the primary's guest RAM or
+     * the secondary's COLO cache) and their bytes: what the session pins,
+     * message buffers aside.  Since 0.7. */
+    uint64_t regions;
+    uint64_t registered_bytes;
+    uint64_t reserved[5]; /* zero; room for counters without an ABI break */
 };
 
 /* Copy counters.  Returns 0 or -EINVAL. */

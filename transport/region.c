@@ -29,6 +29,7 @@ static void probe_odp(struct rcolo_session *s)
 int rcolo_region_register(struct rcolo_session *s, struct rcolo_region *r,
                           struct rcolo_error *err)
 {
+    struct ibv_mr *mr;
     int access;
 
     probe_odp(s);
@@ -43,8 +44,11 @@ int rcolo_region_register(struct rcolo_session *s, struct rcolo_region *r,
     if (s->odp == 1) {
         access |= IBV_ACCESS_ON_DEMAND | IBV_ACCESS_LOCAL_WRITE;
     }
-    r->mr = ibv_reg_mr(s->pd, r->addr, r->length, access);
-    if (!r->mr) {
+    mr = ibv_reg_mr(s->pd, r->addr, r->length, access);
+    /* Atomic: rcolo_session_get_stats reads it under core.lock, which the
+     * registration of a table added before the PD existed does not hold. */
+    __atomic_store_n(&r->mr, mr, __ATOMIC_RELEASE);
+    if (!mr) {
         char what[RCOLO_MAX_NAME + 32];
         snprintf(what, sizeof(what), "region %u '%s'", r->id, r->name);
         return rcolo_reg_mr_error(err, errno, r->length, what);

@@ -1177,6 +1177,9 @@ void rcolo_session_destroy(struct rcolo_session *s)
 int rcolo_session_get_stats(struct rcolo_session *s,
                             struct rcolo_session_stats *out)
 {
+    GHashTableIter it;
+    gpointer value;
+
     if (!s || !out) {
         return -EINVAL;
     }
@@ -1199,6 +1202,15 @@ int rcolo_session_get_stats(struct rcolo_session *s,
         out->total.barriers += c.barriers;
         if (c.owed_wait_ns_max > out->total.owed_wait_ns_max) {
             out->total.owed_wait_ns_max = c.owed_wait_ns_max;
+        }
+    }
+    /* The region table changes under core.lock only. */
+    g_hash_table_iter_init(&it, s->regions);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        struct rcolo_region *r = value;
+        if (__atomic_load_n(&r->mr, __ATOMIC_ACQUIRE)) {
+            out->regions++;
+            out->registered_bytes += r->length;
         }
     }
     pthread_mutex_unlock(&s->core.lock);

@@ -219,6 +219,7 @@ static int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
         rdma_colo_set_error(errp, rioc->sess->rs, ret, "fence");
         return -1;
     }
+    rdma_colo_fence_latency_record(rioc->sess, get_clock() - start);
     if (trace_event_get_state_backends(TRACE_RDMA_COLO_SYNC)) {
         struct rcolo_channel_stats st = { 0 };
 

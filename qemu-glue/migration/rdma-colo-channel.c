@@ -10,11 +10,19 @@
 #include "io/channel-util.h"
 #include "io/channel-watch.h"
 #include "qemu/cutils.h"
+#include "qemu/lockable.h"
 #include "system/memory.h"
 #include "rdma-colo-channel.h"
 #include "trace.h"
 
 /* ------------------------------------------------------------ session */
+
+/*
+ * The live sessions, for query-migrate.  A session leaves the list before
+ * it is destroyed, under the lock a reader holds: no reference is taken.
+ */
+static GMutex rdma_colo_sessions_lock;
+static GSList *rdma_colo_sessions;
 
 RdmaColoSession *rdma_colo_session_new(struct rcolo_session *rs,
                                               enum rcolo_role role)
@@ -24,13 +32,41 @@ RdmaColoSession *rdma_colo_session_new(struct rcolo_session *rs,
     sess->rs = rs;
     sess->role = role;
     qemu_mutex_init(&sess->lock);
+    qemu_mutex_init(&sess->stats_lock);
+    g_mutex_lock(&rdma_colo_sessions_lock);
+    rdma_colo_sessions = g_slist_prepend(rdma_colo_sessions, sess);
+    g_mutex_unlock(&rdma_colo_sessions_lock);
     return sess;
+}
+
+void rdma_colo_session_foreach(enum rcolo_role role,
+                               void (*fn)(RdmaColoSession *sess, void *opaque),
+                               void *opaque)
+{
+    g_mutex_lock(&rdma_colo_sessions_lock);
+    for (GSList *l = rdma_colo_sessions; l; l = l->next) {
+        RdmaColoSession *sess = l->data;
+
+        if (sess->role == role) {
+            fn(sess, opaque);
+        }
+    }
+    g_mutex_unlock(&rdma_colo_sessions_lock);
+}
+
+void rdma_colo_fence_latency_record(RdmaColoSession *sess, int64_t ns)
+{
+    QEMU_LOCK_GUARD(&sess->stats_lock);
+    sess->fence_ns[sess->fences_recorded++ % RDMA_COLO_FENCE_SAMPLES] = ns;
 }
 
 static void rdma_colo_session_clear(gpointer data)
 {
     RdmaColoSession *sess = data;
 
+    g_mutex_lock(&rdma_colo_sessions_lock);
+    rdma_colo_sessions = g_slist_remove(rdma_colo_sessions, sess);
+    g_mutex_unlock(&rdma_colo_sessions_lock);
     /* Every channel of the session is gone: no thread uses it any more. */
     if (sess->rs &&
         trace_event_get_state_backends(TRACE_RDMA_COLO_SESSION_END)) {
@@ -45,6 +81,7 @@ static void rdma_colo_session_clear(gpointer data)
     rcolo_session_shutdown(sess->rs);
     rcolo_session_destroy(sess->rs);
     qemu_mutex_destroy(&sess->lock);
+    qemu_mutex_destroy(&sess->stats_lock);
     g_free(sess->blocks);
     if (sess->discard_disabled) {
         /* Nothing is pinned any more: ballooning may free pages again. */

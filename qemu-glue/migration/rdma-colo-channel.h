@@ -24,6 +24,9 @@
  */
 #define RDMA_COLO_FENCE_TIMEOUT_MS 60000
 
+/* Fence latencies kept for query-migrate: 64 checkpoints of 4 channels. */
+#define RDMA_COLO_FENCE_SAMPLES 256
+
 /*
  * One librdmacolo session, shared (reference-counted) by the migration
  * stream channel and the data channels; destroyed with the last of them.
@@ -38,6 +41,10 @@ typedef struct RdmaColoSession {
     unsigned nblocks;
     /* source: RAM discard disabled while the session may pin guest RAM */
     bool discard_disabled;
+    /* source: the last multifd syncs' fence latencies, in ns (a ring) */
+    QemuMutex stats_lock;
+    int64_t fence_ns[RDMA_COLO_FENCE_SAMPLES];
+    uint64_t fences_recorded;
 } RdmaColoSession;
 
 #define TYPE_QIO_CHANNEL_RDMA_COLO "qio-channel-rdma-colo"
@@ -61,6 +68,14 @@ struct QIOChannelRdmaColo {
 RdmaColoSession *rdma_colo_session_new(struct rcolo_session *rs,
                                        enum rcolo_role role);
 void rdma_colo_session_unref(RdmaColoSession *sess);
+void rdma_colo_fence_latency_record(RdmaColoSession *sess, int64_t ns);
+/*
+ * Call @fn for each live session of @role, under the lock that keeps it
+ * alive: @fn may read the session's statistics, nothing slower.
+ */
+void rdma_colo_session_foreach(enum rcolo_role role,
+                               void (*fn)(RdmaColoSession *sess, void *opaque),
+                               void *opaque);
 QIOChannelRdmaColo *rdma_colo_channel_new(RdmaColoSession *sess, int index);
 void rdma_colo_set_error(Error **errp, struct rcolo_session *rs, int ret,
                          const char *what);

@@ -764,6 +764,17 @@ static int test_replicate(bool background)
           st.total.owed_wait_ns_max, st.fence_ns_max);
     CHECK(st.total.barriers == (background ? checkpoints * CHANNELS : 0),
           "%" PRIu64 " barriers posted", st.total.barriers);
+    /* What the session pins: both regions, whole, until one is removed. */
+    CHECK(st.regions == 2 && st.registered_bytes == MAIN_LEN + HUGE_LEN,
+          "session stats: %" PRIu64 " regions of %" PRIu64 " bytes "
+          "registered, expected 2 of %llu",
+          st.regions, st.registered_bytes, MAIN_LEN + HUGE_LEN);
+    CHECK(rcolo_region_remove(p->s, HUGE_ID) == 0, "remove huge region");
+    rcolo_session_get_stats(p->s, &st);
+    CHECK(st.regions == 1 && st.registered_bytes == MAIN_LEN,
+          "after removing a region: %" PRIu64 " regions of %" PRIu64
+          " bytes registered, expected 1 of %llu",
+          st.regions, st.registered_bytes, MAIN_LEN);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary exited %d", rc);
     printf("test-transport %s: device %s: %u checkpoints over %d "
@@ -779,7 +790,8 @@ static int test_replicate(bool background)
            "longest wait for the secondary "
            "%.1f ms (data), %.1f ms (stream); secondary's guest copy "
            "verified equal (hash of 256 MiB + 32 MiB) after every "
-           "checkpoint; memory %s; %.1f s\n",
+           "checkpoint; memory %s, 2 regions of 288 MiB counted as "
+           "registered and 1 of 256 MiB after removing one; %.1f s\n",
            test_name, getenv("RDMA_COLO_TEST_DEV"), checkpoints, CHANNELS,
            background ? "; each interval in two passes split by a barrier, "
                         "the second re-sending pages with newer content"
