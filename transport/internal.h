@@ -279,6 +279,24 @@ void rcolo_ctl_update_fd_locked(struct rcolo_session *s);
  * how long the session thread may sleep (ms, -1: no keepalive yet). */
 int rcolo_ctl_keepalive_locked(struct rcolo_session *s);
 
+/* path.c */
+/* The options of the fabric path that @role may take, and whether device=
+ * and ib-port= exist on this host. */
+int rcolo_path_check_options(const struct rcolo_uri *uri, enum rcolo_role role,
+                             struct rcolo_error *err);
+/* Primary: the source address (source=, or the address gid-index= holds)
+ * for a secondary of address @family: 1 with @src filled, 0 if none. */
+int rcolo_path_source(const struct rcolo_uri *uri, int family,
+                      struct sockaddr_storage *src, struct rcolo_error *err);
+/* @id's device and port (resolved or bound) against device= and ib-port=;
+ * @route names the path in the error ("the route to HOST"). */
+int rcolo_path_check_id(const struct rcolo_uri *uri, enum rcolo_role role,
+                        struct rdma_cm_id *id, const char *route,
+                        struct rcolo_error *err);
+/* Connected @id's QP uses the GID gid-index= asked for. */
+int rcolo_path_check_qp(const struct rcolo_uri *uri, struct rdma_cm_id *id,
+                        struct rcolo_error *err);
+
 /* channel.c */
 struct rcolo_channel *rcolo_channel_new(struct rcolo_session *s,
                                         unsigned index);

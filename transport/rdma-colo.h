@@ -94,10 +94,30 @@ struct rcolo_error {
  *                      -ETIMEDOUT; waits for the peer's next descriptor or
  *                      stream data are idle, not owed, and never time out)
  *
+ *   The fabric path (since 0.7).  rdma_cm picks the RDMA device, port and
+ *   GID from the route to HOST; these choose the route or check the pick:
+ *          source=ADDR (primary: connect from this numeric IPv4/IPv6
+ *                      address of a local RDMA interface, as rping -I)
+ *          gid-index=N (primary, 0..255: connect from the address held by
+ *                      GID N of the device (device=, else the one with
+ *                      HOST's route) and port (ib-port=, default 1); the
+ *                      session checks the QP uses that GID)
+ *          tos=N      (primary, 0..255: the IP type of service / traffic
+ *                      class of every connection; the secondary's QPs
+ *                      answer with the same, as the CM request carries it)
+ *          device=NAME (both: the RDMA device that must carry the session;
+ *                      the route is checked against it)
+ *          ib-port=N  (both, 1..255: its port, checked likewise)
+ *   rcolo_session_get_path() says what the session uses.
+ *
  * Errors quote the URI with the token's value replaced by "***"; nothing in
  * the library prints or formats the token.
  */
-#define RCOLO_URI_INSECURE 0x1u /* rcolo_uri.flags: insecure=on */
+#define RCOLO_URI_INSECURE  0x1u /* rcolo_uri.flags: insecure=on */
+#define RCOLO_URI_GID_INDEX 0x2u /* gid-index= given */
+#define RCOLO_URI_TOS       0x4u /* tos= given */
+
+#define RCOLO_MAX_DEVICE_NAME 63
 
 struct rcolo_uri {
     char host[256];
@@ -108,6 +128,12 @@ struct rcolo_uri {
     unsigned timeout_ms;
     unsigned flags;                          /* RCOLO_URI_* */
     char secret_id[RCOLO_MAX_SECRET_ID + 1]; /* "" = none */
+    /* The fabric path (0.7): "" / 0 / flag clear = what the route picks. */
+    char source[64];                        /* numeric address */
+    char device[RCOLO_MAX_DEVICE_NAME + 1]; /* RDMA device name */
+    unsigned ib_port;                       /* 1..255 */
+    unsigned gid_index;                     /* RCOLO_URI_GID_INDEX */
+    unsigned tos;                           /* RCOLO_URI_TOS */
     uint64_t reserved[2]; /* zero; room for options without an ABI break */
 };
 
@@ -411,6 +437,25 @@ int rcolo_stream_fd(struct rcolo_session *s);
 
 /* 1 if a non-blocking write would accept at least one byte. */
 int rcolo_stream_writable(struct rcolo_session *s);
+
+/* ----------------------------------------------------------------- path */
+
+/* The fabric path a session's control connection uses (its data channels
+ * use the same device and port). */
+struct rcolo_path {
+    char device[RCOLO_MAX_DEVICE_NAME + 1];
+    unsigned port;
+    unsigned gid_index;     /* the QP's source GID index */
+    unsigned traffic_class; /* in the QP's address vector */
+    unsigned mtu;           /* active path MTU, bytes */
+    char local[64];         /* numeric addresses */
+    char remote[64];
+    uint64_t reserved[4];
+};
+
+/* Fill @out once the control connection is up (rcolo_connect returned, or
+ * rcolo_accept did).  Returns 0, -ENOTCONN before, or -errno. */
+int rcolo_session_get_path(struct rcolo_session *s, struct rcolo_path *out);
 
 /* ---------------------------------------------------------------- stats */
 

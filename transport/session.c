@@ -4,6 +4,7 @@
  * handshake, the session thread (CM events, control connection, async
  * events), the error state, shutdown and destroy.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -78,6 +79,10 @@ static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
         return ret;
     }
     ret = no_device_error(err);
+    if (ret) {
+        return ret;
+    }
+    ret = rcolo_path_check_options(uri, role, err);
     if (ret) {
         return ret;
     }
@@ -281,7 +286,10 @@ static struct rdma_cm_id *on_connect_request(struct rcolo_session *s,
     if (why == RCOLO_REJ_NONE) {
         why = check_request(s, &req);
     }
-    if (why == RCOLO_REJ_NONE && session_pd(s, id->verbs, &err)) {
+    if (why == RCOLO_REJ_NONE &&
+        (rcolo_path_check_id(&s->uri, RCOLO_SECONDARY, id,
+                             "a connection to this secondary", &err) ||
+         session_pd(s, id->verbs, &err))) {
         why = RCOLO_REJ_NO_RESOURCES;
     }
     if (why == RCOLO_REJ_NONE) {
@@ -619,6 +627,14 @@ int rcolo_listen(const struct rcolo_uri *uri, struct rcolo_session **out,
     /* Bound to one device's address: register regions as they come, so
      * that a memlock problem shows at rcolo_region_add. */
     if (s->listen_id->verbs) {
+        char route[300];
+
+        snprintf(route, sizeof(route), "the listen address %s", uri->host);
+        ret =
+            rcolo_path_check_id(uri, RCOLO_SECONDARY, s->listen_id, route, err);
+        if (ret) {
+            goto fail;
+        }
         ret = session_pd(s, s->listen_id->verbs, err);
         if (ret) {
             goto fail;
@@ -732,6 +748,8 @@ static int connect_resolve(struct rcolo_session *s,
                            struct rcolo_error *err)
 {
     struct rdma_addrinfo *ai;
+    struct sockaddr_storage src;
+    char route[300];
     int ret;
 
     ret = rcolo_cm_channel_open(pch, err);
@@ -746,16 +764,54 @@ static int connect_resolve(struct rcolo_session *s,
     if (ret) {
         return ret;
     }
-    ret = rdma_resolve_addr(*pid, NULL, ai->ai_dst_addr, 2000);
+    ret = rcolo_path_source(&s->uri, ai->ai_dst_addr->sa_family, &src, err);
+    if (ret < 0) {
+        rdma_freeaddrinfo(ai);
+        return ret;
+    }
+    if (ret > 0) {
+        char shown[INET6_ADDRSTRLEN] = "?";
+        const struct sockaddr *sa = (const struct sockaddr *)&src;
+
+        inet_ntop(
+            sa->sa_family,
+            sa->sa_family == AF_INET
+                ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr,
+            shown, sizeof(shown));
+        snprintf(route, sizeof(route), "the route from %s to %s", shown,
+                 s->uri.host);
+    } else {
+        snprintf(route, sizeof(route), "the route to %s", s->uri.host);
+    }
+    ret = rdma_resolve_addr(*pid, ret > 0 ? (struct sockaddr *)&src : NULL,
+                            ai->ai_dst_addr, 2000);
     rdma_freeaddrinfo(ai);
     if (ret) {
-        return rcolo_set_error(err, -errno, "cannot resolve %s: %s",
-                               s->uri.host, strerror(errno));
+        return rcolo_set_error(err, -errno, "cannot resolve %s: %s%s", route,
+                               strerror(errno),
+                               errno == EADDRNOTAVAIL || errno == ENODEV
+                                   ? " (is the source an address of an "
+                                     "RDMA interface of this host?)"
+                                   : "");
     }
     ret = rcolo_cm_wait(*pch, RDMA_CM_EVENT_ADDR_RESOLVED, deadline, &s->core,
                         NULL, NULL, err);
     if (ret) {
         return ret;
+    }
+    ret = rcolo_path_check_id(&s->uri, RCOLO_PRIMARY, *pid, route, err);
+    if (ret) {
+        return ret;
+    }
+    if (s->uri.flags & RCOLO_URI_TOS) {
+        uint8_t tos = (uint8_t)s->uri.tos;
+
+        if (rdma_set_option(*pid, RDMA_OPTION_ID, RDMA_OPTION_ID_TOS, &tos,
+                            sizeof(tos))) {
+            return rcolo_set_error(err, -errno, "cannot set tos=%u: %s",
+                                   s->uri.tos, strerror(errno));
+        }
     }
     if (rdma_resolve_route(*pid, 2000)) {
         return rcolo_set_error(err, -errno, "cannot resolve route: %s",
@@ -985,6 +1041,10 @@ int rcolo_connect(const struct rcolo_uri *uri, int timeout_ms,
                               "of depth %u (asked for %u of depth %u)",
                               uri->host, uri->port, rep.channels, rep.depth,
                               uri->channels, uri->depth);
+        goto fail;
+    }
+    ret = rcolo_path_check_qp(uri, s->ctl.id, err);
+    if (ret) {
         goto fail;
     }
     s->channels = rep.channels;

@@ -3,6 +3,7 @@
  * rdma-colo:HOST:PORT[?key=value&...] parsing.  Strict: every part is
  * checked and the first problem is reported by name.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -90,9 +91,10 @@ static bool host_char_ok(char c)
 static int parse_options(const char *text, const char *opts,
                          struct rcolo_uri *uri, struct rcolo_error *err)
 {
-    char msg[128];
+    char msg[160];
     bool seen_channels = false, seen_depth = false, seen_token = false;
     bool seen_timeout = false, seen_secret = false, seen_insecure = false;
+    bool seen_source = false, seen_device = false, seen_port = false;
     const char *p = opts;
 
     while (*p) {
@@ -182,10 +184,64 @@ static int parse_options(const char *text, const char *opts,
                 uri->flags |= RCOLO_URI_INSECURE;
             }
             seen_insecure = true;
+        } else if (klen == 6 && !memcmp(p, "source", 6)) {
+            char addr[sizeof(uri->source)];
+            unsigned char bin[sizeof(struct in6_addr)];
+            if (seen_source || vlen == 0 || vlen >= sizeof(addr)) {
+                return uri_fail(err, text, "source must be given once");
+            }
+            memcpy(addr, val, vlen);
+            addr[vlen] = '\0';
+            if (inet_pton(AF_INET, addr, bin) != 1 &&
+                inet_pton(AF_INET6, addr, bin) != 1) {
+                return uri_fail(err, text,
+                                "source must be a numeric IPv4 or IPv6 "
+                                "address (no brackets)");
+            }
+            memcpy(uri->source, addr, vlen + 1);
+            seen_source = true;
+        } else if (klen == 6 && !memcmp(p, "device", 6)) {
+            if (seen_device || vlen == 0 || vlen > RCOLO_MAX_DEVICE_NAME) {
+                snprintf(msg, sizeof(msg),
+                         "device must be given once, an RDMA device name "
+                         "of 1..%d characters",
+                         RCOLO_MAX_DEVICE_NAME);
+                return uri_fail(err, text, msg);
+            }
+            for (size_t i = 0; i < vlen; i++) {
+                if (!token_char_ok(val[i]) || val[i] == '~') {
+                    return uri_fail(err, text,
+                                    "device may only contain A-Z a-z 0-9 . "
+                                    "_ -");
+                }
+            }
+            memcpy(uri->device, val, vlen);
+            uri->device[vlen] = '\0';
+            seen_device = true;
+        } else if (klen == 7 && !memcmp(p, "ib-port", 7)) {
+            if (seen_port || !parse_uint(val, vlen, 1, 255, &uri->ib_port)) {
+                return uri_fail(err, text,
+                                "ib-port must be given once, 1..255");
+            }
+            seen_port = true;
+        } else if (klen == 9 && !memcmp(p, "gid-index", 9)) {
+            if ((uri->flags & RCOLO_URI_GID_INDEX) ||
+                !parse_uint(val, vlen, 0, 255, &uri->gid_index)) {
+                return uri_fail(err, text,
+                                "gid-index must be given once, 0..255");
+            }
+            uri->flags |= RCOLO_URI_GID_INDEX;
+        } else if (klen == 3 && !memcmp(p, "tos", 3)) {
+            if ((uri->flags & RCOLO_URI_TOS) ||
+                !parse_uint(val, vlen, 0, 255, &uri->tos)) {
+                return uri_fail(err, text, "tos must be given once, 0..255");
+            }
+            uri->flags |= RCOLO_URI_TOS;
         } else {
             snprintf(msg, sizeof(msg),
                      "unknown option '%.*s' (known: channels, depth, "
-                     "insecure, secret, timeout, token)",
+                     "device, gid-index, ib-port, insecure, secret, "
+                     "source, timeout, token, tos)",
                      (int)klen, p);
             return uri_fail(err, text, msg);
         }
@@ -199,6 +255,11 @@ static int parse_options(const char *text, const char *opts,
     }
     if (seen_token && seen_secret) {
         return uri_fail(err, text, "give token= or secret=, not both");
+    }
+    if (seen_source && (uri->flags & RCOLO_URI_GID_INDEX)) {
+        return uri_fail(err, text,
+                        "give source= or gid-index=, not both (a GID "
+                        "holds its address)");
     }
     return 0;
 }
@@ -314,6 +375,22 @@ int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size)
     }
     if (n >= 0 && (size_t)n < size && (uri->flags & RCOLO_URI_INSECURE)) {
         n += snprintf(buf + n, size - (size_t)n, "&insecure=on");
+    }
+    if (n >= 0 && (size_t)n < size && uri->source[0]) {
+        n += snprintf(buf + n, size - (size_t)n, "&source=%s", uri->source);
+    }
+    if (n >= 0 && (size_t)n < size && uri->device[0]) {
+        n += snprintf(buf + n, size - (size_t)n, "&device=%s", uri->device);
+    }
+    if (n >= 0 && (size_t)n < size && uri->ib_port) {
+        n += snprintf(buf + n, size - (size_t)n, "&ib-port=%u", uri->ib_port);
+    }
+    if (n >= 0 && (size_t)n < size && (uri->flags & RCOLO_URI_GID_INDEX)) {
+        n += snprintf(buf + n, size - (size_t)n, "&gid-index=%u",
+                      uri->gid_index);
+    }
+    if (n >= 0 && (size_t)n < size && (uri->flags & RCOLO_URI_TOS)) {
+        n += snprintf(buf + n, size - (size_t)n, "&tos=%u", uri->tos);
     }
 
     if (n < 0 || (size_t)n >= size) {

@@ -116,6 +116,71 @@ static void test_bad_options(void **state)
     bad("rdma-colo:h:1?timeout=1s", "timeout must be");
 }
 
+/* The fabric path options: parsed, formatted back, and each bad value
+ * refused with a message naming it. */
+static void test_fabric_path(void **state)
+{
+    struct rcolo_uri u, v;
+    char buf[300];
+
+    assert_int_equal(rcolo_uri_parse("rdma-colo:h:1", &u, NULL), 0);
+    assert_string_equal(u.source, "");
+    assert_string_equal(u.device, "");
+    assert_int_equal(u.ib_port, 0);
+    assert_int_equal(u.flags & (RCOLO_URI_GID_INDEX | RCOLO_URI_TOS), 0);
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:h:1?source=10.0.0.2&device=mlx5_1&"
+                        "ib-port=2&tos=106",
+                        &u, NULL),
+        0);
+    assert_string_equal(u.source, "10.0.0.2");
+    assert_string_equal(u.device, "mlx5_1");
+    assert_int_equal(u.ib_port, 2);
+    assert_true(u.flags & RCOLO_URI_TOS);
+    assert_int_equal(u.tos, 106);
+    assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf, "rdma-colo:h:1?channels=4&depth=64&"
+                             "source=10.0.0.2&device=mlx5_1&ib-port=2&"
+                             "tos=106");
+    assert_int_equal(rcolo_uri_parse(buf, &v, NULL), 0);
+    assert_memory_equal(&u, &v, sizeof(u));
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:[fe80::1]:1?source=fe80::2", &u, NULL), 0);
+    assert_string_equal(u.source, "fe80::2");
+    /* gid-index=0 is a choice, not the default. */
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:h:1?gid-index=0&tos=0", &u, NULL), 0);
+    assert_true(u.flags & RCOLO_URI_GID_INDEX);
+    assert_int_equal(u.gid_index, 0);
+    assert_true(u.flags & RCOLO_URI_TOS);
+    assert_true(rcolo_uri_format(&u, buf, sizeof(buf)) > 0);
+    assert_string_equal(buf,
+                        "rdma-colo:h:1?channels=4&depth=64&gid-index=0&tos=0");
+
+    bad("rdma-colo:h:1?source=host.example", "source must be a numeric");
+    bad("rdma-colo:h:1?source=[::1]", "source must be a numeric");
+    bad("rdma-colo:h:1?source=10.0.0.256", "source must be a numeric");
+    bad("rdma-colo:h:1?source=", "source must be given once");
+    bad("rdma-colo:h:1?source=10.0.0.1&source=10.0.0.1",
+        "source must be given once");
+    bad("rdma-colo:h:1?device=", "device must be given once");
+    bad("rdma-colo:h:1?device=mlx5/0", "device may only contain");
+    bad("rdma-colo:h:1?device="
+        "a123456789b123456789c123456789d123456789e123456789f123456789abcd",
+        "device must be given once");
+    bad("rdma-colo:h:1?ib-port=0", "ib-port must be given once, 1..255");
+    bad("rdma-colo:h:1?ib-port=256", "ib-port must be");
+    bad("rdma-colo:h:1?gid-index=256", "gid-index must be given once, 0..255");
+    bad("rdma-colo:h:1?gid-index=-1", "gid-index must be");
+    bad("rdma-colo:h:1?gid-index=1&gid-index=1", "gid-index must be");
+    bad("rdma-colo:h:1?tos=256", "tos must be given once, 0..255");
+    bad("rdma-colo:h:1?tos=0x68", "tos must be");
+    bad("rdma-colo:h:1?source=10.0.0.1&gid-index=3",
+        "give source= or gid-index=, not both");
+    bad("rdma-colo:h:1?port=2", "unknown option 'port' (known: channels, "
+                                "depth, device, gid-index, ib-port");
+}
+
 static void test_timeout(void **state)
 {
     struct rcolo_uri u;
@@ -271,6 +336,7 @@ int main(void)
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test(test_long_token),
         cmocka_unit_test(test_timeout),
+        cmocka_unit_test(test_fabric_path),
         cmocka_unit_test(test_format_roundtrip),
         cmocka_unit_test(test_secret_and_insecure),
         cmocka_unit_test(test_refuses_no_token),
