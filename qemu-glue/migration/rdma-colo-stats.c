@@ -51,6 +51,25 @@ static RdmaColoLatency *rdma_colo_fence_latency(RdmaColoSession *sess)
     return lat;
 }
 
+static RdmaColoPath *rdma_colo_path(RdmaColoSession *sess)
+{
+    struct rcolo_path p;
+    RdmaColoPath *out;
+
+    if (rcolo_session_get_path(sess->rs, &p) < 0) {
+        return NULL; /* not connected (yet, or any more) */
+    }
+    out = g_new0(RdmaColoPath, 1);
+    out->device = g_strdup(p.device);
+    out->port = p.port;
+    out->gid_index = p.gid_index;
+    out->traffic_class = p.traffic_class;
+    out->mtu = p.mtu;
+    out->local = g_strdup(p.local);
+    out->remote = g_strdup(p.remote);
+    return out;
+}
+
 static void rdma_colo_fill(RdmaColoSession *sess, void *opaque)
 {
     MigrationInfo *info = opaque;
@@ -85,6 +104,7 @@ static void rdma_colo_fill(RdmaColoSession *sess, void *opaque)
         out->error = g_strdup(*why ? why : strerror(-status));
     }
     out->fence_latency = rdma_colo_fence_latency(sess);
+    out->path = rdma_colo_path(sess);
     info->rdma_colo = out;
 }
 

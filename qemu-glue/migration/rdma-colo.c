@@ -39,7 +39,8 @@ static void rdma_colo_forget_uri(struct rcolo_uri *uri)
 static bool rdma_colo_check_options(const char *uri, Error **errp)
 {
     static const char *const known[] = {
-        "depth", "insecure", "secret", "timeout", "token",
+        "depth", "device", "gid-index", "ib-port", "insecure",
+        "secret", "source", "timeout", "token", "tos",
     };
 
     for (const char *o = strchr(uri, '?'); o; o = strchr(o, '&')) {
@@ -56,7 +57,8 @@ static bool rdma_colo_check_options(const char *uri, Error **errp)
         }
         if (!ok && klen) { /* the library reports empty ones */
             error_setg(errp, "rdma-colo: unknown URI option '%.*s' (known: "
-                       "depth, secret, timeout, token)", (int)klen, o);
+                       "depth, device, gid-index, ib-port, secret, source, "
+                       "timeout, token, tos)", (int)klen, o);
             return false;
         }
     }
@@ -92,6 +94,18 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
     if (u.secret_id[0]) {
         addr->secret = g_strdup(u.secret_id);
     }
+    if (u.source[0]) {
+        addr->source = g_strdup(u.source);
+    }
+    if (u.device[0]) {
+        addr->device = g_strdup(u.device);
+    }
+    addr->has_ib_port = u.ib_port != 0;
+    addr->ib_port = u.ib_port;
+    addr->has_gid_index = u.flags & RCOLO_URI_GID_INDEX;
+    addr->gid_index = u.gid_index;
+    addr->has_tos = u.flags & RCOLO_URI_TOS;
+    addr->tos = u.tos;
     rdma_colo_forget_uri(&u);
     return true;
 }
@@ -126,6 +140,7 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
 {
     struct rcolo_error err;
     g_autofree char *text = NULL;
+    g_autoptr(GString) opts = g_string_new("");
     bool v6 = strchr(addr->host, ':') && addr->host[0] != '[';
     static const char token_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
                                       "abcdefghijklmnopqrstuvwxyz"
@@ -133,34 +148,49 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
 
     /* Nothing of the QAPI form may smuggle in URI syntax. */
     if (strpbrk(addr->host, "?&=/") || strpbrk(addr->port, "?&=/") ||
+        (addr->source && strpbrk(addr->source, "?&=/")) ||
         (addr->token && addr->token[strspn(addr->token, token_chars)]) ||
-        (addr->secret && addr->secret[strspn(addr->secret, token_chars)])) {
-        error_setg(errp, "rdma-colo: invalid address: host and port must not "
-                   "contain '?&=/', the token and secret id only "
-                   "[A-Za-z0-9._~-]");
+        (addr->secret && addr->secret[strspn(addr->secret, token_chars)]) ||
+        (addr->device && addr->device[strspn(addr->device, token_chars)])) {
+        error_setg(errp, "rdma-colo: invalid address: host, port and source "
+                   "must not contain '?&=/', the token, secret id and "
+                   "device only [A-Za-z0-9._~-]");
         return false;
     }
     if (addr->token && addr->secret) {
         error_setg(errp, "rdma-colo: give token or secret, not both");
         return false;
     }
-    text = g_strdup_printf("rdma-colo:%s%s%s:%s?channels=%u%s%s%s%s",
-                           v6 ? "[" : "", addr->host, v6 ? "]" : "",
-                           addr->port, channels,
-                           addr->token ? "&token=" : "",
-                           addr->token ? addr->token : "",
-                           addr->secret ? "&secret=" : "",
-                           addr->secret ? addr->secret : "");
+    /* The options without the token first: it is copied once, then wiped. */
+    if (addr->secret) {
+        g_string_append_printf(opts, "&secret=%s", addr->secret);
+    }
     if (addr->has_depth) {
-        g_autofree char *base = g_steal_pointer(&text);
-
-        text = g_strdup_printf("%s&depth=%u", base, addr->depth);
+        g_string_append_printf(opts, "&depth=%u", addr->depth);
     }
     if (addr->has_timeout) {
-        g_autofree char *base = g_steal_pointer(&text);
-
-        text = g_strdup_printf("%s&timeout=%u", base, addr->timeout);
+        g_string_append_printf(opts, "&timeout=%u", addr->timeout);
     }
+    if (addr->source) {
+        g_string_append_printf(opts, "&source=%s", addr->source);
+    }
+    if (addr->has_gid_index) {
+        g_string_append_printf(opts, "&gid-index=%u", addr->gid_index);
+    }
+    if (addr->has_tos) {
+        g_string_append_printf(opts, "&tos=%u", addr->tos);
+    }
+    if (addr->device) {
+        g_string_append_printf(opts, "&device=%s", addr->device);
+    }
+    if (addr->has_ib_port) {
+        g_string_append_printf(opts, "&ib-port=%u", addr->ib_port);
+    }
+    text = g_strdup_printf("rdma-colo:%s%s%s:%s?channels=%u%s%s%s",
+                           v6 ? "[" : "", addr->host, v6 ? "]" : "",
+                           addr->port, channels, opts->str,
+                           addr->token ? "&token=" : "",
+                           addr->token ? addr->token : "");
     if (rcolo_uri_parse(text, uri, &err) < 0) {
         /*
          * The library's message is "invalid rdma-colo URI: REASON (in
