@@ -1,0 +1,26 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""rdmacolo: the project's Python harness for COLO pairs of real QEMUs.
+
+One package, imported normally, behind every script and qemu-suite test
+that drives QEMU (scripts/colo-demo, scripts/failback, scripts/chaos,
+tests/qemu/colo-startup-race, tests/qemu/ocf-agent):
+
+  util     die, Hang, wait_until, percentiles, per-thread CPU time
+  qmp      Monitor: QEMU's own QMP library (qemu.qmp's asyncio QMPClient)
+           behind a small synchronous face, with events and out-of-band
+           commands
+  fabric   where a test runs: the RDMA address with-rxe gives, the nodes
+  guest    the guests (QEMU's migration-test boot sector, our sweep
+           guest) and the memory oracle (one consistent state)
+  trace    TraceLog: the rdma-colo and COLO trace events per checkpoint
+  node     Qemu: one QEMU process of ours, started the same way everywhere
+  colo     a COLO pair: capabilities, replication, failover, survivor checks
+  demo, failback, chaos
+           the programs behind the scripts of the same names
+
+Calls go downwards in that list (check-harness-layers in the unit suite
+verifies it); the scripts are thin entry points.  QEMU's qemu.machine is
+not used: its QEMUMachine owns the monitor socket as a server and waits
+for QEMU at shutdown, while these tests SIGKILL and SIGSTOP QEMUs on
+purpose and need the monitor's out-of-band commands during a fault.
+"""
