@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
- * Time, errors, the failure state, the wait loop and fault injection
+ * Time, errors, the failure state and the wait loop
  * (see core.h).
  */
 #include <errno.h>
@@ -55,6 +55,13 @@ int rcolo_set_error(struct rcolo_error *err, int code, const char *fmt, ...)
 }
 
 /* ---------------------------------------------------- failure and lock */
+
+int rcolo_core_error(const struct rcolo_core *c, struct rcolo_error *err)
+{
+    int status = rcolo_status(c);
+
+    return status ? rcolo_set_error(err, status, "%s", c->error) : 0;
+}
 
 int rcolo_core_init(struct rcolo_core *c, void (*on_fail)(void *opaque),
                     void *opaque)
@@ -203,26 +210,4 @@ int rcolo_wait_locked(struct rcolo_core *c, bool (*done)(void *arg), void *arg,
     static const struct rcolo_wait_ops cond_ops = {.block = cond_block};
 
     return rcolo_wait(c, &cond_ops, c, done, arg, deadline, 0);
-}
-
-/* ------------------------------------------------------ fault injection */
-
-static enum rcolo_fault fault_armed;
-
-void rcolo_fault_inject(enum rcolo_fault f)
-{
-    __atomic_store_n(&fault_armed, f, __ATOMIC_RELEASE);
-}
-
-bool rcolo_fault_fire(enum rcolo_fault f)
-{
-    enum rcolo_fault expected = f;
-
-    if (__builtin_expect(__atomic_load_n(&fault_armed, __ATOMIC_RELAXED) != f,
-                         1)) {
-        return false;
-    }
-    return __atomic_compare_exchange_n(&fault_armed, &expected,
-                                       RCOLO_FAULT_NONE, false,
-                                       __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
 }

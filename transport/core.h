@@ -1,10 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0-or-later */
 /*
  * The bottom layer of the library: time and deadlines, error recording,
- * a session's failure state and lock, the one wait loop every waiter uses,
- * and internal fault injection for the tests.  It calls nothing else in
- * the library; the layers above reach back only through the documented
- * on_fail callback.
+ * a session's failure state and lock, and the one wait loop every waiter
+ * uses.  It calls nothing else in the library; the layers above reach back
+ * only through the documented on_fail callback.
  */
 #ifndef RCOLO_CORE_H
 #define RCOLO_CORE_H
@@ -80,6 +79,10 @@ static inline int rcolo_status(const struct rcolo_core *c)
     return __atomic_load_n(&c->status, __ATOMIC_ACQUIRE);
 }
 
+/* The session's failure, copied into @err; 0 (and @err untouched) while
+ * it is healthy. */
+int rcolo_core_error(const struct rcolo_core *c, struct rcolo_error *err);
+
 /* ----------------------------------------------------------- the wait */
 
 /*
@@ -133,24 +136,5 @@ static inline int64_t rcolo_owed_deadline(const struct rcolo_core *c)
  * on @c->cond. */
 int rcolo_wait_locked(struct rcolo_core *c, bool (*done)(void *arg), void *arg,
                       int64_t deadline);
-
-/* ------------------------------------------------------ fault injection */
-
-/*
- * Faults the rxe tests inject to play a broken or hostile peer.  Internal:
- * tests link the internal library; the shared library exports nothing of
- * this.  Each fault fires once.
- */
-enum rcolo_fault {
-    RCOLO_FAULT_NONE = 0,
-    RCOLO_FAULT_BAD_VERSION,        /* primary: connect with version + 1 */
-    RCOLO_FAULT_DESC_OUT_OF_BOUNDS, /* primary: next descriptor's first
-                                       offset points past the region */
-};
-
-void rcolo_fault_inject(enum rcolo_fault f);
-/* True once if @f is armed (and disarms it).  A relaxed load first: the
- * data path pays one predictable branch. */
-bool rcolo_fault_fire(enum rcolo_fault f);
 
 #endif /* RCOLO_CORE_H */

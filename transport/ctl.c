@@ -495,7 +495,13 @@ void rcolo_ctl_poll(struct rcolo_session *s)
     ibv_req_notify_cq(c->res.cq, 0);
     for (;;) {
         int n = ibv_poll_cq(c->res.cq, 8, wc);
-        if (n <= 0) {
+        if (n < 0) {
+            /* As on a data channel: a CQ that cannot be polled is lost. */
+            rcolo_fail(&s->core, -EIO,
+                       "control connection: ibv_poll_cq failed (%d)", n);
+            break;
+        }
+        if (n == 0) {
             break;
         }
         pthread_mutex_lock(&s->core.lock);

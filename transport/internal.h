@@ -3,14 +3,19 @@
  * The library's objects and the functions each layer offers the one above
  * (docs/design.md, "Library layers").  Calls go downwards only:
  *
- *   session.c   lifecycle, handshake, session thread, public session API
- *   stream.c    the byte stream API
- *   channel.c   data channels: WRITE + descriptor, fence; receive, release
- *   ctl.c       control connection: messages, stream queues, region table
- *   region.c    registration, the region tables
- *   verbs.c     QPs, CQs, slot rings, CM waits           (verbs.h)
+ *   session.c    lifecycle, session thread, public session API
+ *   handshake.c  challenge, REQ checks, accept/reject; connect, channels
+ *   stream.c     the byte stream API
+ *   receive.c    secondary: descriptors in, release, credits and acks
+ *   fence.c      the session fence, both sides
+ *   write.c      primary: RDMA WRITE + descriptor, credits, channel fences
+ *   channel.c    data channels: set-up, completions, waits, send slots
+ *   ctl.c        control connection: messages, stream queues, region table
+ *   path.c       the fabric path: address resolution, path options
+ *   region.c     the PD, registration, the region tables
+ *   verbs.c      QPs, CQs, slot rings, CM waits           (verbs.h)
  *   uri.c wire.c flow.c   pure: URI, encodings, flow control
- *   core.c      time, errors, failure state, the wait    (core.h)
+ *   core.c       time, errors, failure state, the wait    (core.h)
  *
  * Ownership: a session owns its CM event channel, PD, regions, control
  * connection and channels; a channel owns its QP, CQ, completion channel
@@ -78,8 +83,6 @@ struct rcolo_chan_tx {
         unsigned n, nzero;
         uint64_t *offsets; /* RCOLO_MAX_DESC_PAGES each */
         uint64_t *zero;
-        uint64_t hostile_offset; /* fault injection: sent instead of the
-                                    first offset when nonzero */
     } pend;
 };
 
@@ -237,6 +240,10 @@ struct rcolo_session {
 };
 
 /* region.c (callers hold the session lock where it says _locked) */
+/* The session's PD on @verbs (the first device a connection uses; a later
+ * one must use the same) and every region registered on it. */
+int rcolo_regions_attach(struct rcolo_session *s, struct ibv_context *verbs,
+                         struct rcolo_error *err);
 int rcolo_region_register(struct rcolo_session *s, struct rcolo_region *r,
                           struct rcolo_error *err);
 int rcolo_regions_register_all(struct rcolo_session *s,
@@ -280,6 +287,9 @@ void rcolo_ctl_update_fd_locked(struct rcolo_session *s);
 int rcolo_ctl_keepalive_locked(struct rcolo_session *s);
 
 /* path.c */
+/* @uri's address (RAI_PASSIVE for a listener) for rdma_cm. */
+int rcolo_path_resolve(const struct rcolo_uri *uri, bool passive,
+                       struct rdma_addrinfo **res, struct rcolo_error *err);
 /* The options of the fabric path that @role may take, and whether device=
  * and ib-port= exist on this host. */
 int rcolo_path_check_options(const struct rcolo_uri *uri, enum rcolo_role role,
@@ -302,5 +312,84 @@ struct rcolo_channel *rcolo_channel_new(struct rcolo_session *s,
                                         unsigned index);
 int rcolo_channel_setup(struct rcolo_channel *ch, struct rcolo_error *err);
 void rcolo_channel_free(struct rcolo_channel *ch);
+
+/* Busy-poll this long before sleeping on the completion channel: the next
+ * completion often follows within microseconds, and a sleep/wake-up costs
+ * more.  A fence waits longer: it is on the checkpoint's critical path. */
+#define RCOLO_SPIN_NS       20000
+#define RCOLO_FENCE_SPIN_NS 200000
+
+/*
+ * Channel counters have one writer, the channel's thread, and are read by
+ * any thread (rcolo_*_get_stats): relaxed atomic loads and stores, no
+ * locked instruction on the data path, no torn or racy read.
+ */
+static inline void rcolo_stat_add(uint64_t *counter, uint64_t n)
+{
+    __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + n,
+                     __ATOMIC_RELAXED);
+}
+
+/* Fail the session: "data channel N: @what@detail". */
+int rcolo_chan_fail(struct rcolo_channel *ch, int code, const char *what,
+                    const char *detail);
+/* The peer withheld what it owes for the owed deadline: fail the session
+ * with -ETIMEDOUT, "the secondary @what for N ms". */
+int rcolo_chan_stalled(struct rcolo_channel *ch, const char *what);
+/*
+ * Poll the CQ once.  Send completions free send-queue room and slots;
+ * receive completions are control messages (primary, handled now) or
+ * descriptors (secondary, queued for receive.c).  Returns the number of
+ * completions seen or the session error.
+ */
+int rcolo_chan_progress(struct rcolo_channel *ch);
+/* Wait on this channel's completions until @done(@ch) or @deadline. */
+int rcolo_chan_wait(struct rcolo_channel *ch, bool (*done)(void *arg),
+                    int64_t deadline, int64_t spin_ns);
+/* Wait, until the session's owed deadline, for something the peer owes
+ * (@done(@arg)), and note how long it took. */
+int rcolo_chan_owed_wait(struct rcolo_channel *ch, bool (*done)(void *arg),
+                         void *arg, int64_t spin_ns);
+/* Remember the longest wait for something the peer owes (credits,
+ * send-queue room, a fence acknowledgement) since @start: it tells an
+ * operator how much margin the stall timeout (timeout=) has. */
+void rcolo_chan_note_owed_wait(struct rcolo_channel *ch, int64_t start);
+/* A send slot (in @slot) and send-queue room for @wrs WRs, the SEND
+ * included, waiting (owed) for completions if need be. */
+int rcolo_chan_reserve_send(struct rcolo_channel *ch, uint32_t wrs, int *slot);
+/* Send-queue room for @wrs WRs, without a slot. */
+int rcolo_chan_reserve_sq(struct rcolo_channel *ch, uint32_t wrs);
+/* Post the SEND of @len bytes in slot @slot, signaled, after the @nchain
+ * RDMA WRITEs already built in @wrs/@sges (which have room for one more). */
+int rcolo_chan_post_send(struct rcolo_channel *ch, uint32_t slot, uint32_t len,
+                         struct ibv_send_wr *wrs, struct ibv_sge *sges,
+                         unsigned nchain);
+
+/* write.c */
+/* Primary: send the batched descriptor, if pages wait for one. */
+int rcolo_chan_flush_desc(struct rcolo_channel *ch);
+/* Primary: the slot of a descriptor without pages (a fence, a barrier, a
+ * session fence): the batched descriptor goes first (the control
+ * descriptor orders after it), then a credit and a send slot. */
+int rcolo_chan_control_slot(struct rcolo_channel *ch, int *slot);
+
+/* fence.c, secondary (called by receive.c) */
+/* A session fence arrived on channel 0: check and install it.  Returns 0
+ * or the session's error. */
+int rcolo_sfence_install(struct rcolo_channel *ch,
+                         const struct rcolo_desc_view *v);
+/* After a release left a channel holding nothing: the session fence's seq
+ * if every channel has now released what it names and this thread won the
+ * right to ack it, else 0. */
+uint64_t rcolo_sfence_claim(struct rcolo_session *s);
+
+/* handshake.c (called by session.c) */
+/* Secondary, session thread, lock held: a CM connect request.  Returns an
+ * id to destroy once the event is acked, or NULL. */
+struct rdma_cm_id *rcolo_handshake_request(struct rcolo_session *s,
+                                           struct rdma_cm_event *ev);
+/* Primary: the control connection, authenticated both ways. */
+int rcolo_handshake_connect(struct rcolo_session *s, int64_t deadline,
+                            struct rcolo_error *err);
 
 #endif /* RCOLO_INTERNAL_H */

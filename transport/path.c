@@ -307,3 +307,19 @@ int rcolo_session_get_path(struct rcolo_session *s, struct rcolo_path *out)
     pthread_mutex_unlock(&s->core.lock);
     return ret;
 }
+
+int rcolo_path_resolve(const struct rcolo_uri *uri, bool passive,
+                       struct rdma_addrinfo **res, struct rcolo_error *err)
+{
+    struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP};
+
+    if (passive) {
+        hints.ai_flags = RAI_PASSIVE;
+    }
+    if (rdma_getaddrinfo(uri->host, uri->port, &hints, res)) {
+        return rcolo_set_error(err, -EADDRNOTAVAIL,
+                               "cannot resolve %s port %s: %s", uri->host,
+                               uri->port, strerror(errno));
+    }
+    return 0;
+}

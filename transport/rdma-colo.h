@@ -113,6 +113,33 @@ struct rcolo_error {
  * Errors quote the URI with the token's value replaced by "***"; nothing in
  * the library prints or formats the token.
  */
+/*
+ * The options, as bits (since 0.8): an application that takes rdma-colo
+ * addresses from its users and refuses some options (QEMU: channels=,
+ * which is its multifd-channels parameter) names the rest in its errors
+ * with the library's own list.
+ */
+#define RCOLO_URI_OPT_CHANNELS  (1u << 0)
+#define RCOLO_URI_OPT_DEPTH     (1u << 1)
+#define RCOLO_URI_OPT_DEVICE    (1u << 2)
+#define RCOLO_URI_OPT_GID_INDEX (1u << 3)
+#define RCOLO_URI_OPT_IB_PORT   (1u << 4)
+#define RCOLO_URI_OPT_INSECURE  (1u << 5)
+#define RCOLO_URI_OPT_SECRET    (1u << 6)
+#define RCOLO_URI_OPT_SOURCE    (1u << 7)
+#define RCOLO_URI_OPT_TIMEOUT   (1u << 8)
+#define RCOLO_URI_OPT_TOKEN     (1u << 9)
+#define RCOLO_URI_OPT_TOS       (1u << 10)
+
+/* The option named by the @len bytes at @name (RCOLO_URI_OPT_*), 0 if
+ * there is none of that name. */
+unsigned rcolo_uri_option(const char *name, size_t len);
+
+/* The options' names but those in @exclude (RCOLO_URI_OPT_* bits),
+ * alphabetical, ", "-separated, into @buf.  Returns the length, or
+ * -ENOSPC if @size is too small. */
+int rcolo_uri_option_names(unsigned exclude, char *buf, size_t size);
+
 #define RCOLO_URI_INSECURE  0x1u /* rcolo_uri.flags: insecure=on */
 #define RCOLO_URI_GID_INDEX 0x2u /* gid-index= given */
 #define RCOLO_URI_TOS       0x4u /* tos= given */
@@ -220,10 +247,11 @@ void rcolo_session_shutdown(struct rcolo_session *s);
 
 /*
  * Busy-poll instead of sleeping while waiting for completions on this
- * session's channels (both roles).  Meant for the checkpoint window, when
+ * session's channels (both roles).  Meant for a checkpoint window, when
  * the guest is paused anyway and a wake-up (tens to hundreds of us) would
- * dominate a fence: COLO's secondary turns it on at CHECKPOINT_REQUEST and
- * off after its flush.  Safe from any thread at any time.
+ * dominate a fence.  Where pollers outnumber CPUs it is counter-productive
+ * (docs/benchmarks.md), so the QEMU glue does not turn it on: its fences
+ * sleep after a short spin.  Safe from any thread at any time.
  */
 void rcolo_session_set_busy_poll(struct rcolo_session *s, bool on);
 

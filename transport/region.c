@@ -5,6 +5,7 @@
  * of its regions against it.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -72,6 +73,37 @@ int rcolo_regions_register_all(struct rcolo_session *s, struct rcolo_error *err)
         }
     }
     return 0;
+}
+
+/*
+ * The session's PD on @verbs, the device of its first connection (or of
+ * the secondary's listen address), and every region registered on it; a
+ * later connection must come on the same device.  The device's async
+ * events are read by the session thread without blocking.
+ */
+int rcolo_regions_attach(struct rcolo_session *s, struct ibv_context *verbs,
+                         struct rcolo_error *err)
+{
+    if (s->pd) {
+        if (verbs != s->verbs) {
+            return rcolo_set_error(err, -EXDEV,
+                                   "connection arrived on RDMA device %s, "
+                                   "but the session uses %s",
+                                   ibv_get_device_name(verbs->device),
+                                   ibv_get_device_name(s->verbs->device));
+        }
+        return 0;
+    }
+    s->verbs = verbs;
+    s->pd = ibv_alloc_pd(verbs);
+    if (!s->pd) {
+        return rcolo_set_error(err, -errno, "cannot allocate PD on %s: %s",
+                               ibv_get_device_name(verbs->device),
+                               strerror(errno));
+    }
+    fcntl(verbs->async_fd, F_SETFL,
+          fcntl(verbs->async_fd, F_GETFL) | O_NONBLOCK);
+    return rcolo_regions_register_all(s, err);
 }
 
 void rcolo_region_free(gpointer p)

@@ -88,13 +88,229 @@ static bool host_char_ok(char c)
     return token_char_ok(c);
 }
 
+/*
+ * The options: one parser each, which returns NULL or what is wrong with
+ * the value (in @msg, or a constant).  Given twice is refused by the loop.
+ */
+typedef const char *(*opt_parser)(const char *val, size_t len,
+                                  struct rcolo_uri *uri, char *msg,
+                                  size_t size);
+
+/* A name of [A-Za-z0-9._-] (no '~'), 1..@max characters, into @out. */
+static bool copy_name(const char *val, size_t len, size_t max, char *out)
+{
+    if (len == 0 || len > max) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!token_char_ok(val[i]) || val[i] == '~') {
+            return false;
+        }
+    }
+    memcpy(out, val, len);
+    out[len] = '\0';
+    return true;
+}
+
+static const char *opt_channels(const char *val, size_t len,
+                                struct rcolo_uri *uri, char *msg, size_t size)
+{
+    if (parse_uint(val, len, 1, RCOLO_MAX_CHANNELS, &uri->channels)) {
+        return NULL;
+    }
+    snprintf(msg, size, "channels must be given once, 1..%d",
+             RCOLO_MAX_CHANNELS);
+    return msg;
+}
+
+static const char *opt_depth(const char *val, size_t len, struct rcolo_uri *uri,
+                             char *msg, size_t size)
+{
+    if (parse_uint(val, len, 2, RCOLO_MAX_DEPTH, &uri->depth)) {
+        return NULL;
+    }
+    snprintf(msg, size, "depth must be given once, 2..%d", RCOLO_MAX_DEPTH);
+    return msg;
+}
+
+static const char *opt_timeout(const char *val, size_t len,
+                               struct rcolo_uri *uri, char *msg, size_t size)
+{
+    if (parse_uint(val, len, RCOLO_MIN_TIMEOUT_MS, RCOLO_MAX_TIMEOUT_MS,
+                   &uri->timeout_ms)) {
+        return NULL;
+    }
+    snprintf(msg, size, "timeout must be given once, %d..%d ms",
+             RCOLO_MIN_TIMEOUT_MS, RCOLO_MAX_TIMEOUT_MS);
+    return msg;
+}
+
+static const char *opt_token(const char *val, size_t len, struct rcolo_uri *uri,
+                             char *msg, size_t size)
+{
+    if (len == 0 || len > RCOLO_MAX_TOKEN) {
+        snprintf(msg, size, "token must be given once, 1..%d characters",
+                 RCOLO_MAX_TOKEN);
+        return msg;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (!token_char_ok(val[i])) {
+            return "token may only contain A-Z a-z 0-9 . _ ~ -";
+        }
+    }
+    memcpy(uri->token, val, len);
+    uri->token[len] = '\0';
+    return NULL;
+}
+
+static const char *opt_secret(const char *val, size_t len,
+                              struct rcolo_uri *uri, char *msg, size_t size)
+{
+    if (len == 0 || len > RCOLO_MAX_SECRET_ID ||
+        !((val[0] >= 'a' && val[0] <= 'z') ||
+          (val[0] >= 'A' && val[0] <= 'Z'))) {
+        snprintf(msg, size,
+                 "secret must be given once, an object id of 1..%d "
+                 "characters starting with a letter",
+                 RCOLO_MAX_SECRET_ID);
+        return msg;
+    }
+    if (!copy_name(val, len, RCOLO_MAX_SECRET_ID, uri->secret_id)) {
+        return "secret may only contain A-Z a-z 0-9 . _ -";
+    }
+    return NULL;
+}
+
+static const char *opt_insecure(const char *val, size_t len,
+                                struct rcolo_uri *uri, char *msg, size_t size)
+{
+    if (len == 2 && !memcmp(val, "on", 2)) {
+        uri->flags |= RCOLO_URI_INSECURE;
+        return NULL;
+    }
+    return len == 3 && !memcmp(val, "off", 3)
+               ? NULL
+               : "insecure must be given once, on or off";
+}
+
+static const char *opt_source(const char *val, size_t len,
+                              struct rcolo_uri *uri, char *msg, size_t size)
+{
+    char addr[sizeof(uri->source)];
+    unsigned char bin[sizeof(struct in6_addr)];
+
+    if (len == 0 || len >= sizeof(addr)) {
+        return "source must be given once";
+    }
+    memcpy(addr, val, len);
+    addr[len] = '\0';
+    if (inet_pton(AF_INET, addr, bin) != 1 &&
+        inet_pton(AF_INET6, addr, bin) != 1) {
+        return "source must be a numeric IPv4 or IPv6 address (no brackets)";
+    }
+    memcpy(uri->source, addr, len + 1);
+    return NULL;
+}
+
+static const char *opt_device(const char *val, size_t len,
+                              struct rcolo_uri *uri, char *msg, size_t size)
+{
+    if (len == 0 || len > RCOLO_MAX_DEVICE_NAME) {
+        snprintf(msg, size,
+                 "device must be given once, an RDMA device name of 1..%d "
+                 "characters",
+                 RCOLO_MAX_DEVICE_NAME);
+        return msg;
+    }
+    if (!copy_name(val, len, RCOLO_MAX_DEVICE_NAME, uri->device)) {
+        return "device may only contain A-Z a-z 0-9 . _ -";
+    }
+    return NULL;
+}
+
+static const char *opt_ib_port(const char *val, size_t len,
+                               struct rcolo_uri *uri, char *msg, size_t size)
+{
+    return parse_uint(val, len, 1, 255, &uri->ib_port)
+               ? NULL
+               : "ib-port must be given once, 1..255";
+}
+
+static const char *opt_gid_index(const char *val, size_t len,
+                                 struct rcolo_uri *uri, char *msg, size_t size)
+{
+    if (!parse_uint(val, len, 0, 255, &uri->gid_index)) {
+        return "gid-index must be given once, 0..255";
+    }
+    uri->flags |= RCOLO_URI_GID_INDEX;
+    return NULL;
+}
+
+static const char *opt_tos(const char *val, size_t len, struct rcolo_uri *uri,
+                           char *msg, size_t size)
+{
+    if (!parse_uint(val, len, 0, 255, &uri->tos)) {
+        return "tos must be given once, 0..255";
+    }
+    uri->flags |= RCOLO_URI_TOS;
+    return NULL;
+}
+
+/* In alphabetical order: the order error messages list them in. */
+static const struct {
+    const char *name;
+    unsigned bit; /* RCOLO_URI_OPT_* */
+    opt_parser parse;
+} options[] = {
+    {"channels", RCOLO_URI_OPT_CHANNELS, opt_channels},
+    {"depth", RCOLO_URI_OPT_DEPTH, opt_depth},
+    {"device", RCOLO_URI_OPT_DEVICE, opt_device},
+    {"gid-index", RCOLO_URI_OPT_GID_INDEX, opt_gid_index},
+    {"ib-port", RCOLO_URI_OPT_IB_PORT, opt_ib_port},
+    {"insecure", RCOLO_URI_OPT_INSECURE, opt_insecure},
+    {"secret", RCOLO_URI_OPT_SECRET, opt_secret},
+    {"source", RCOLO_URI_OPT_SOURCE, opt_source},
+    {"timeout", RCOLO_URI_OPT_TIMEOUT, opt_timeout},
+    {"token", RCOLO_URI_OPT_TOKEN, opt_token},
+    {"tos", RCOLO_URI_OPT_TOS, opt_tos},
+};
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+unsigned rcolo_uri_option(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (strlen(options[i].name) == len &&
+            !memcmp(options[i].name, name, len)) {
+            return options[i].bit;
+        }
+    }
+    return 0;
+}
+
+int rcolo_uri_option_names(unsigned exclude, char *buf, size_t size)
+{
+    size_t n = 0;
+
+    if (size) {
+        buf[0] = '\0';
+    }
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (options[i].bit & exclude) {
+            continue;
+        }
+        int w = snprintf(buf + (n < size ? n : size), n < size ? size - n : 0,
+                         "%s%s", n ? ", " : "", options[i].name);
+        n += (size_t)w;
+    }
+    return n < size ? (int)n : -ENOSPC;
+}
+
 static int parse_options(const char *text, const char *opts,
                          struct rcolo_uri *uri, struct rcolo_error *err)
 {
-    char msg[160];
-    bool seen_channels = false, seen_depth = false, seen_token = false;
-    bool seen_timeout = false, seen_secret = false, seen_insecure = false;
-    bool seen_source = false, seen_device = false, seen_port = false;
+    char msg[200];
+    unsigned seen = 0;
     const char *p = opts;
 
     while (*p) {
@@ -107,144 +323,30 @@ static int parse_options(const char *text, const char *opts,
             return uri_fail(err, text, msg);
         }
         size_t klen = (size_t)(eq - p);
-        const char *val = eq + 1;
-        size_t vlen = len - klen - 1;
+        unsigned bit = rcolo_uri_option(p, klen);
+        size_t i = 0;
 
-        if (klen == 8 && !memcmp(p, "channels", 8)) {
-            if (seen_channels ||
-                !parse_uint(val, vlen, 1, RCOLO_MAX_CHANNELS, &uri->channels)) {
-                snprintf(msg, sizeof(msg), "channels must be given once, 1..%d",
-                         RCOLO_MAX_CHANNELS);
-                return uri_fail(err, text, msg);
-            }
-            seen_channels = true;
-        } else if (klen == 5 && !memcmp(p, "depth", 5)) {
-            if (seen_depth ||
-                !parse_uint(val, vlen, 2, RCOLO_MAX_DEPTH, &uri->depth)) {
-                snprintf(msg, sizeof(msg), "depth must be given once, 2..%d",
-                         RCOLO_MAX_DEPTH);
-                return uri_fail(err, text, msg);
-            }
-            seen_depth = true;
-        } else if (klen == 7 && !memcmp(p, "timeout", 7)) {
-            if (seen_timeout ||
-                !parse_uint(val, vlen, RCOLO_MIN_TIMEOUT_MS,
-                            RCOLO_MAX_TIMEOUT_MS, &uri->timeout_ms)) {
-                snprintf(msg, sizeof(msg),
-                         "timeout must be given once, %d..%d ms",
-                         RCOLO_MIN_TIMEOUT_MS, RCOLO_MAX_TIMEOUT_MS);
-                return uri_fail(err, text, msg);
-            }
-            seen_timeout = true;
-        } else if (klen == 5 && !memcmp(p, "token", 5)) {
-            if (seen_token || vlen == 0 || vlen > RCOLO_MAX_TOKEN) {
-                snprintf(msg, sizeof(msg),
-                         "token must be given once, 1..%d characters",
-                         RCOLO_MAX_TOKEN);
-                return uri_fail(err, text, msg);
-            }
-            for (size_t i = 0; i < vlen; i++) {
-                if (!token_char_ok(val[i])) {
-                    return uri_fail(
-                        err, text,
-                        "token may only contain A-Z a-z 0-9 . _ ~ -");
-                }
-            }
-            memcpy(uri->token, val, vlen);
-            uri->token[vlen] = '\0';
-            seen_token = true;
-        } else if (klen == 6 && !memcmp(p, "secret", 6)) {
-            if (seen_secret || vlen == 0 || vlen > RCOLO_MAX_SECRET_ID ||
-                !((val[0] >= 'a' && val[0] <= 'z') ||
-                  (val[0] >= 'A' && val[0] <= 'Z'))) {
-                snprintf(msg, sizeof(msg),
-                         "secret must be given once, an object id of 1..%d "
-                         "characters starting with a letter",
-                         RCOLO_MAX_SECRET_ID);
-                return uri_fail(err, text, msg);
-            }
-            for (size_t i = 0; i < vlen; i++) {
-                if (!token_char_ok(val[i]) || val[i] == '~') {
-                    return uri_fail(err, text,
-                                    "secret may only contain A-Z a-z 0-9 . _ "
-                                    "-");
-                }
-            }
-            memcpy(uri->secret_id, val, vlen);
-            uri->secret_id[vlen] = '\0';
-            seen_secret = true;
-        } else if (klen == 8 && !memcmp(p, "insecure", 8)) {
-            bool on = vlen == 2 && !memcmp(val, "on", 2);
-            if (seen_insecure ||
-                !(on || (vlen == 3 && !memcmp(val, "off", 3)))) {
-                return uri_fail(err, text,
-                                "insecure must be given once, on or off");
-            }
-            if (on) {
-                uri->flags |= RCOLO_URI_INSECURE;
-            }
-            seen_insecure = true;
-        } else if (klen == 6 && !memcmp(p, "source", 6)) {
-            char addr[sizeof(uri->source)];
-            unsigned char bin[sizeof(struct in6_addr)];
-            if (seen_source || vlen == 0 || vlen >= sizeof(addr)) {
-                return uri_fail(err, text, "source must be given once");
-            }
-            memcpy(addr, val, vlen);
-            addr[vlen] = '\0';
-            if (inet_pton(AF_INET, addr, bin) != 1 &&
-                inet_pton(AF_INET6, addr, bin) != 1) {
-                return uri_fail(err, text,
-                                "source must be a numeric IPv4 or IPv6 "
-                                "address (no brackets)");
-            }
-            memcpy(uri->source, addr, vlen + 1);
-            seen_source = true;
-        } else if (klen == 6 && !memcmp(p, "device", 6)) {
-            if (seen_device || vlen == 0 || vlen > RCOLO_MAX_DEVICE_NAME) {
-                snprintf(msg, sizeof(msg),
-                         "device must be given once, an RDMA device name "
-                         "of 1..%d characters",
-                         RCOLO_MAX_DEVICE_NAME);
-                return uri_fail(err, text, msg);
-            }
-            for (size_t i = 0; i < vlen; i++) {
-                if (!token_char_ok(val[i]) || val[i] == '~') {
-                    return uri_fail(err, text,
-                                    "device may only contain A-Z a-z 0-9 . "
-                                    "_ -");
-                }
-            }
-            memcpy(uri->device, val, vlen);
-            uri->device[vlen] = '\0';
-            seen_device = true;
-        } else if (klen == 7 && !memcmp(p, "ib-port", 7)) {
-            if (seen_port || !parse_uint(val, vlen, 1, 255, &uri->ib_port)) {
-                return uri_fail(err, text,
-                                "ib-port must be given once, 1..255");
-            }
-            seen_port = true;
-        } else if (klen == 9 && !memcmp(p, "gid-index", 9)) {
-            if ((uri->flags & RCOLO_URI_GID_INDEX) ||
-                !parse_uint(val, vlen, 0, 255, &uri->gid_index)) {
-                return uri_fail(err, text,
-                                "gid-index must be given once, 0..255");
-            }
-            uri->flags |= RCOLO_URI_GID_INDEX;
-        } else if (klen == 3 && !memcmp(p, "tos", 3)) {
-            if ((uri->flags & RCOLO_URI_TOS) ||
-                !parse_uint(val, vlen, 0, 255, &uri->tos)) {
-                return uri_fail(err, text, "tos must be given once, 0..255");
-            }
-            uri->flags |= RCOLO_URI_TOS;
-        } else {
-            snprintf(msg, sizeof(msg),
-                     "unknown option '%.*s' (known: channels, depth, "
-                     "device, gid-index, ib-port, insecure, secret, "
-                     "source, timeout, token, tos)",
-                     (int)klen, p);
+        while (i < NOPTIONS && options[i].bit != bit) {
+            i++;
+        }
+        if (i == NOPTIONS) {
+            char known[160];
+
+            rcolo_uri_option_names(0, known, sizeof(known));
+            snprintf(msg, sizeof(msg), "unknown option '%.*s' (known: %s)",
+                     (int)klen, p, known);
             return uri_fail(err, text, msg);
         }
+        /* Given twice: every parser refuses an empty value with the
+         * message that says "must be given once". */
+        const char *why = (seen & bit)
+                              ? options[i].parse("", 0, uri, msg, sizeof(msg))
+                              : options[i].parse(eq + 1, len - klen - 1, uri,
+                                                 msg, sizeof(msg));
+        if (why) {
+            return uri_fail(err, text, why);
+        }
+        seen |= bit;
         if (!end) {
             break;
         }
@@ -253,10 +355,10 @@ static int parse_options(const char *text, const char *opts,
             return uri_fail(err, text, "trailing '&'");
         }
     }
-    if (seen_token && seen_secret) {
+    if ((seen & RCOLO_URI_OPT_TOKEN) && (seen & RCOLO_URI_OPT_SECRET)) {
         return uri_fail(err, text, "give token= or secret=, not both");
     }
-    if (seen_source && (uri->flags & RCOLO_URI_GID_INDEX)) {
+    if ((seen & RCOLO_URI_OPT_SOURCE) && (seen & RCOLO_URI_OPT_GID_INDEX)) {
         return uri_fail(err, text,
                         "give source= or gid-index=, not both (a GID "
                         "holds its address)");

@@ -16,8 +16,10 @@
  * connection: the secondary gives up after its timeout=, and says why.
  *
  * Part 2, hostile secondaries: a raw rdma_cm listener plays a secondary
- * that accepts a HELLO, and one that answers with a proof made with another
- * token; the library's primary must refuse both with a clear error.
+ * that accepts a HELLO, one that answers with a proof made with another
+ * token, and one of the next protocol version that refuses ours; the
+ * library's primary must refuse each with a clear error (the last one
+ * naming both versions).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -28,6 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "internal.h" /* the secondary's nonces, to forge channel REQs */
 
 #define TOKEN      "handshake-test"
@@ -35,31 +38,8 @@
 #define TIMEOUT_MS 20000
 #define REGION_LEN (4u << 20)
 
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "test-handshake: FAIL at %s:%d: ", __FILE__,           \
-                __LINE__);                                                     \
-        fprintf(stderr, __VA_ARGS__);                                          \
-        fprintf(stderr, "\n");                                                 \
-        exit(1);                                                               \
-    } while (0)
-
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            FAIL(__VA_ARGS__);                                                 \
-        }                                                                      \
-    } while (0)
-
 static const char *addr;
 
-static double now_s(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 static unsigned cases;
 
 static unsigned uri_timeout_ms = RCOLO_DEFAULT_TIMEOUT_MS;
@@ -436,6 +416,8 @@ static void part_stalled_handshake(void)
 enum fake_mode {
     FAKE_ACCEPT_HELLO, /* accepts the HELLO (a listener that is not ours) */
     FAKE_WRONG_PROOF,  /* challenges, then accepts with another token's MAC */
+    FAKE_NEWER,        /* speaks the next protocol version: refuses ours */
+    FAKE_MODES,
 };
 
 struct fake {
@@ -476,6 +458,15 @@ static void *fake_thread(void *opaque)
             .private_data = out,
         };
         struct rcolo_rep rep = {.channels = CHANNELS, .depth = 64};
+        if (f->mode == FAKE_NEWER) {
+            /* A REJ of ours, with the refuser's version (byte 4) one up. */
+            n = rcolo_rej_encode(RCOLO_REJ_BAD_VERSION, NULL, out, sizeof(out));
+            out[4] = RCOLO_PROTOCOL_VERSION + 1;
+            rdma_reject(id, out, (uint8_t)n);
+            rdma_ack_cm_event(ev);
+            rdma_destroy_id(id);
+            continue;
+        }
         if (f->mode == FAKE_WRONG_PROOF && r.role == RCOLO_CONN_HELLO) {
             n = rcolo_rej_encode(RCOLO_REJ_CHALLENGE, snonce, out, sizeof(out));
             rdma_reject(id, out, (uint8_t)n);
@@ -500,7 +491,7 @@ static void fake_case(enum fake_mode mode, int want_ret, const char *want,
 {
     /* Static: its thread outlives this call (it blocks in
      * rdma_get_cm_event until the process exits). */
-    static struct fake fakes[2];
+    static struct fake fakes[FAKE_MODES];
     struct fake *f = &fakes[mode];
 
     *f = (struct fake){.mode = mode};
@@ -540,10 +531,16 @@ static void part_primary(void)
               "a listener that accepts HELLO");
     fake_case(FAKE_WRONG_PROOF, -EACCES, "did not prove the session token",
               "a secondary proving another token");
+    char newer[64];
+    snprintf(newer, sizeof(newer), "protocol version mismatch (it speaks %u",
+             RCOLO_PROTOCOL_VERSION + 1);
+    fake_case(FAKE_NEWER, -ECONNREFUSED, newer,
+              "a secondary of the next protocol version");
 }
 
 int main(void)
 {
+    check_prog = "test-handshake";
     addr = getenv("RDMA_COLO_TEST_ADDR");
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     alarm(300);

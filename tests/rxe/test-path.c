@@ -28,23 +28,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "rdma-colo.h"
 
 #define TIMEOUT_MS 20000
 #define TOS        106 /* DSCP AF31 (26) << 2 | ECT(0): a RoCE v2 setting */
-
-static const char *side = "primary";
-
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            fprintf(stderr, "test-path (%s): FAIL at %s:%d: ", side, __FILE__, \
-                    __LINE__);                                                 \
-            fprintf(stderr, __VA_ARGS__);                                      \
-            fprintf(stderr, "\n");                                             \
-            exit(1);                                                           \
-        }                                                                      \
-    } while (0)
 
 static const char *addr, *dev, *netdev;
 
@@ -101,7 +89,7 @@ static int secondary_main(int port_fd, const struct secondary *a)
     uint16_t port;
     char byte;
 
-    side = "secondary";
+    check_side = "secondary";
     parse(&uri, "0", a->opts);
     CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen (%s): %s", a->opts,
           err.message);
@@ -329,6 +317,8 @@ int main(void)
     struct rcolo_path p;
     int v4, v6;
 
+    check_prog = "test-path";
+    check_side = "primary";
     alarm(600);
     addr = getenv("RDMA_COLO_TEST_ADDR");
     dev = getenv("RDMA_COLO_TEST_DEV");

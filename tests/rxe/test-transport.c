@@ -4,26 +4,8 @@
  * secondary are separate processes: the secondary is forked, listens on
  * port 0 and tells the primary its port through a pipe.
  *
- *   test-transport replicate      checkpoints with every dirty pattern,
- *                                 verified byte for byte after each fence
- *   test-transport wrong-token    refused before any rkey leaves
- *   test-transport wrong-version  refused before any rkey leaves
- *   test-transport oob-descriptor a hostile descriptor fails both sides
- *   test-transport kill-secondary the primary errors out, no hang
- *   test-transport kill-primary   the secondary errors out, no hang
- *   test-transport stream         48 MiB both ways at once in odd-sized
- *                                 pieces (write, and writev of many tiny
- *                                 elements, which must share messages),
- *                                 non-blocking reads driven by
- *                                 poll() on rcolo_stream_fd, end of stream
- *   test-transport late-region    the secondary registers and publishes its
- *                                 cache after the primary connected (as
- *                                 QEMU does); the primary waits for it
- *   test-transport stream-rate    (benchmark, not in the suite) stream MB/s
- *                                 for QEMUFile-shaped vectors: a write per
- *                                 element versus one writev per vector
- *   test-transport shutdown       rcolo_session_shutdown from another thread
- *                                 wakes blocked recv/read/fence within 1 s
+ *   test-transport TEST     run one test (the table at the end lists them,
+ *                           and test-transport --list prints it)
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -39,8 +21,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core.h" /* fault injection: the internal library */
-#include "rdma-colo.h"
+#include "check.h"
+#include "internal.h" /* forged descriptors: a channel's QP, PD and seq */
 
 #define MAIN_ID     1
 #define MAIN_LEN    (256ull << 20)
@@ -54,30 +36,6 @@
 #define TIMEOUT_MS  20000
 
 static const char *test_name = "?";
-static const char *side = "primary";
-
-#define FAIL(...)                                                              \
-    do {                                                                       \
-        fprintf(stderr, "test-transport %s (%s): FAIL at %s:%d: ", test_name,  \
-                side, __FILE__, __LINE__);                                     \
-        fprintf(stderr, __VA_ARGS__);                                          \
-        fprintf(stderr, "\n");                                                 \
-        exit(1);                                                               \
-    } while (0)
-
-#define CHECK(cond, ...)                                                       \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            FAIL(__VA_ARGS__);                                                 \
-        }                                                                      \
-    } while (0)
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static void *map_region(uint64_t len)
 {
@@ -98,15 +56,6 @@ static uint64_t hash_mem(const void *p, uint64_t len)
     return h;
 }
 
-static uint64_t xorshift(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
-
 static void fill_page(uint8_t *p, uint32_t size, uint64_t seed)
 {
     uint64_t s = seed | 1;
@@ -116,8 +65,10 @@ static void fill_page(uint8_t *p, uint32_t size, uint64_t seed)
     }
 }
 
-/* The timeout= of the URIs uri_for makes (0: the library's default). */
+/* The timeout= of the URIs uri_for makes (0: the library's default), and
+ * their channels=. */
 static unsigned uri_timeout_ms;
+static unsigned uri_channels = CHANNELS;
 
 static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
 {
@@ -128,8 +79,8 @@ static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     /* Every session is authenticated, as users run it. */
     snprintf(text, sizeof(text),
-             "rdma-colo:%s:%s?channels=%d&depth=32&token=%s", addr, port,
-             CHANNELS, token ? token : "rxe-test");
+             "rdma-colo:%s:%s?channels=%u&depth=32&token=%s", addr, port,
+             uri_channels, token ? token : "rxe-test");
     if (uri_timeout_ms) {
         snprintf(text + strlen(text), sizeof(text) - strlen(text),
                  "&timeout=%u", uri_timeout_ms);
@@ -265,7 +216,7 @@ static int run_secondary(int port_fd, const char *token, bool expect_refusal)
     struct secondary sec = {0};
     struct rx_thread rx[CHANNELS] = {0};
 
-    side = "secondary";
+    check_side = "secondary";
     uri_for(&uri, "0", token);
     CHECK(rcolo_listen(&uri, &sec.s, &err) == 0, "listen: %s", err.message);
 
@@ -385,7 +336,7 @@ static pid_t fork_peer(int (*fn)(int port_fd, void *arg), void *arg, char *port,
     CHECK(pid >= 0, "fork");
     if (pid == 0) {
         close(fds[0]);
-        side = "secondary";
+        check_side = "secondary";
         alarm(300);
         _exit(fn(fds[1], arg));
     }
@@ -888,7 +839,7 @@ static int test_session_fence(void)
     return 0;
 }
 
-static int test_refused(bool bad_version)
+static int test_wrong_token(void)
 {
     char port[8];
     struct rcolo_uri uri;
@@ -896,15 +847,11 @@ static int test_refused(bool bad_version)
     struct rcolo_session *s = NULL;
 
     pid_t child = fork_secondary(port, sizeof(port), "right", true);
-    if (bad_version) {
-        rcolo_fault_inject(RCOLO_FAULT_BAD_VERSION);
-    }
-    uri_for(&uri, port, bad_version ? "right" : "wrong");
+    uri_for(&uri, port, "wrong");
     int ret = rcolo_connect(&uri, TIMEOUT_MS, &s, &err);
     CHECK(ret == -ECONNREFUSED, "connect returned %d (%s)", ret, err.message);
     CHECK(s == NULL, "session returned on failure");
-    const char *want = bad_version ? "version" : "token";
-    CHECK(strstr(err.message, want), "error does not name the %s: %s", want,
+    CHECK(strstr(err.message, "token"), "error does not name the token: %s",
           err.message);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary saw a connection: exit %d", rc);
@@ -914,36 +861,160 @@ static int test_refused(bool bad_version)
     return 0;
 }
 
-static int test_oob_descriptor(void)
+/* ------------------------------------------------- hostile descriptors */
+
+/*
+ * A hostile primary's descriptors.  The library's write path never sends
+ * a bad one (the installed library has no fault injection), so the test
+ * forges them with wire.c's encoder and posts them on a real channel's QP
+ * from a buffer of its own, as the channel's next descriptor.  Each must
+ * fail the secondary's session with -EPROTO and the reason, before any
+ * page of it is handed out, and the primary's session promptly.
+ */
+#define HOSTILE_LEN (1u << 20)
+
+struct hostile {
+    const char *what;
+    uint32_t region;
+    uint64_t offset;
+    uint64_t seq_skip; /* descriptors skipped: 0 is the right seq */
+    const char *want;  /* in the secondary's error */
+};
+
+static const struct hostile hostile_cases[] = {
+    {"one page past the end", MAIN_ID, HOSTILE_LEN, 0, "out of bounds"},
+    {"the last page, 8 bytes in", MAIN_ID, HOSTILE_LEN - PAGE + 8, 0,
+     "unaligned"},
+    {"2^64 - 4 KiB (wraps when a page is added)", MAIN_ID, -(uint64_t)PAGE, 0,
+     "out of bounds"},
+    {"a region the secondary has not", 99, 0, 0, "unknown region"},
+    {"a sequence number one ahead", MAIN_ID, 0, 1, "out of sequence"},
+};
+
+/* What the hostile secondary's session ended with, for the parent. */
+static char *hostile_error;
+
+static int hostile_secondary(int port_fd, void *arg)
+{
+    struct rcolo_error err = {0};
+    struct rcolo_session *s = listen_port0();
+    struct rcolo_channel *ch;
+    struct rcolo_desc d;
+
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", map_region(HOSTILE_LEN),
+                           HOSTILE_LEN, PAGE, &err) == 0,
+          "region: %s", err.message);
+    report_port(s, port_fd);
+    CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
+    CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &ch, &err) == 0, "channel: %s",
+          err.message);
+    for (;;) {
+        int ret = rcolo_channel_recv(ch, &d, TIMEOUT_MS);
+        if (ret) {
+            snprintf(hostile_error, 256, "%s", rcolo_session_error(s));
+            return ret == -EPROTO ? 42 : 1;
+        }
+        /* Only the honest page may ever be handed out. */
+        CHECK(d.kind == RCOLO_DESC_PAGES && d.n == 1 && d.offsets[0] == 0,
+              "a hostile descriptor was handed out: region %u, %u pages",
+              d.region_id, d.n);
+        CHECK(rcolo_channel_release(ch, &d) == 0, "release");
+    }
+}
+
+static void forge_descriptor(struct rcolo_session *s, struct rcolo_channel *ch,
+                             const struct hostile *h)
+{
+    static uint8_t buf[256];
+    struct ibv_mr *mr = ibv_reg_mr(s->pd, buf, sizeof(buf), 0);
+    size_t len =
+        rcolo_desc_encode(buf, sizeof(buf), 0, h->region,
+                          ++ch->tx.seq + h->seq_skip, &h->offset, 1, NULL, 0);
+    struct ibv_sge sge = {.addr = (uintptr_t)buf,
+                          .length = (uint32_t)len,
+                          .lkey = mr ? mr->lkey : 0};
+    /* Unsignaled; should it be flushed, the channel takes it for one of
+     * its own WRITEs that failed. */
+    struct ibv_send_wr wr = {.wr_id = (uintptr_t)&ch->tx.write_ctx,
+                             .sg_list = &sge,
+                             .num_sge = 1,
+                             .opcode = IBV_WR_SEND},
+                       *bad;
+
+    CHECK(mr, "ibv_reg_mr: %s", strerror(errno));
+    CHECK(len > 0, "the encoder refused the descriptor");
+    CHECK(rcolo_credits_take(&ch->tx.credits), "no credit for the forgery");
+    CHECK(ibv_post_send(ch->id->qp, &wr, &bad) == 0, "ibv_post_send");
+}
+
+/* In its own process (see test-path's step()): a process that used verbs
+ * must not fork the next secondary. */
+static int hostile_case(const struct hostile *h)
 {
     char port[8];
-    pid_t child = fork_secondary(port, sizeof(port), NULL, false);
-    struct primary *p = connect_primary(port, NULL);
-    uint64_t off = 0;
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *s;
+    struct rcolo_channel *ch;
+    uint64_t zero = 0;
 
-    /* A first fence of every channel: every channel of the secondary is up
-     * and served (a session fence needs only channel 0's thread). */
-    fence_all_channels(p, 0);
-    int ret;
-    rcolo_fault_inject(RCOLO_FAULT_DESC_OUT_OF_BOUNDS);
+    pid_t child = fork_peer(hostile_secondary, NULL, port, sizeof(port));
+    uri_for(&uri, port, NULL);
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &s, &err) == 0, "connect: %s",
+          err.message);
+    CHECK(rcolo_region_add(s, MAIN_ID, "pc.ram", map_region(HOSTILE_LEN),
+                           HOSTILE_LEN, PAGE, &err) == 0,
+          "region: %s", err.message);
+    CHECK(rcolo_channel_connect(s, 0, TIMEOUT_MS, &ch, &err) == 0,
+          "channel: %s", err.message);
+    /* An honest page and a fence: the channel works, every credit back. */
+    CHECK(rcolo_write_pages(ch, MAIN_ID, &zero, 1, NULL, 0) == 0 &&
+              rcolo_fence(s, TIMEOUT_MS) == 0,
+          "the honest page: %s", rcolo_session_error(s));
     double t0 = now_s();
-    ret = rcolo_write_pages(p->ch[0], MAIN_ID, &off, 1, NULL, 0);
-    /* The descriptor is posted; the secondary may reject it and end the
-     * session before write_pages has even returned (it reaps completions
-     * on its way out), so an error here is the same outcome, earlier. */
-    if (ret == 0) {
-        ret = rcolo_fence(p->s, 10000);
-    }
+    forge_descriptor(s, ch, h);
+    int ret = rcolo_fence(s, 10000);
     double dt = now_s() - t0;
-    CHECK(ret != 0 && ret != -ETIMEDOUT,
-          "the primary carried on after a hostile descriptor: %d", ret);
     int rc = wait_child(child);
-    CHECK(rc == 42, "secondary did not reject the descriptor (exit %d)", rc);
-    printf("test-transport oob-descriptor: secondary rejected a descriptor "
-           "pointing one page past its 256 MiB region (-EPROTO) and ended "
-           "the session; the primary failed after %.2f s with: %s\n",
-           dt, rcolo_session_error(p->s));
-    primary_close(p);
+    CHECK(rc == 42, "%s: the secondary did not fail with -EPROTO (exit %d)",
+          h->what, rc);
+    CHECK(strstr(hostile_error, h->want),
+          "%s: the secondary's error does not say '%s': %s", h->what, h->want,
+          hostile_error);
+    CHECK(ret != 0 && ret != -ETIMEDOUT,
+          "%s: the primary carried on (fence returned %d)", h->what, ret);
+    printf("  %-42s -> secondary: %s; primary failed after %.2f s: %s\n",
+           h->what, hostile_error, dt, rcolo_session_error(s));
+    rcolo_session_destroy(s); /* deregisters what it registered; the
+                                 forgery's buffer dies with the process */
+    return 0;
+}
+
+static int test_hostile_descriptor(void)
+{
+    unsigned n = sizeof(hostile_cases) / sizeof(hostile_cases[0]);
+
+    uri_channels = 1;
+    hostile_error = mmap(NULL, 256, PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(hostile_error != MAP_FAILED, "mmap");
+    printf("test-transport hostile-descriptor: %u descriptors forged on a "
+           "real channel, each in a new session (1 MiB region, 4 KiB "
+           "pages):\n",
+           n);
+    for (unsigned i = 0; i < n; i++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        CHECK(pid >= 0, "fork");
+        if (pid == 0) {
+            alarm(120);
+            _exit(hostile_case(&hostile_cases[i]));
+        }
+        CHECK(wait_child(pid) == 0, "case '%s' failed", hostile_cases[i].what);
+    }
+    printf("test-transport hostile-descriptor: all %u refused by the "
+           "secondary before any of their pages was handed out\n",
+           n);
     return 0;
 }
 
@@ -1100,7 +1171,7 @@ static int test_stall_idle(void)
         struct rcolo_session *ps;
         struct rcolo_channel *ch;
         uint16_t p16;
-        side = "primary";
+        check_side = "primary";
         close(fds[1]);
         CHECK(read(fds[0], &p16, sizeof(p16)) == sizeof(p16), "no port");
         snprintf(port, sizeof(port), "%u", p16);
@@ -1135,7 +1206,7 @@ static int test_stall_idle(void)
     primary_close(p);
 
     /* Part 2: the primary stops while the secondary waits for data. */
-    side = "secondary";
+    check_side = "secondary";
     struct rcolo_session *s;
     struct rcolo_channel *ch;
     uri_for(&uri, "0", NULL);
@@ -1238,7 +1309,7 @@ static int test_kill_primary(void)
         struct rcolo_session *ps;
         struct rcolo_channel *ch;
         uint16_t p16;
-        side = "primary";
+        check_side = "primary";
         close(fds[1]);
         CHECK(read(fds[0], &p16, sizeof(p16)) == sizeof(p16), "no port");
         snprintf(port, sizeof(port), "%u", p16);
@@ -1259,7 +1330,7 @@ static int test_kill_primary(void)
         }
     }
     close(fds[0]);
-    side = "secondary";
+    check_side = "secondary";
     struct rcolo_session *s;
     uri_for(&uri, "0", NULL);
     CHECK(rcolo_listen(&uri, &s, &err) == 0, "listen: %s", err.message);
@@ -1791,41 +1862,78 @@ static int test_stream_rate(void)
     return 0;
 }
 
+static int test_replicate_plain(void)
+{
+    return test_replicate(false);
+}
+
+static int test_replicate_background(void)
+{
+    return test_replicate(true);
+}
+
+/* The tests, in the order --list prints them; tests/meson.build runs the
+ * ones marked in_suite. */
+static const struct {
+    const char *name;
+    int (*run)(void);
+    bool in_suite;
+    const char *what;
+} tests[] = {
+    {"replicate", test_replicate_plain, true,
+     "checkpoints with every dirty pattern, verified byte for byte after "
+     "each fence"},
+    {"replicate-background", test_replicate_background, true,
+     "the same with background pushes split by barriers"},
+    {"session-fence", test_session_fence, true,
+     "the session fence waits for every channel's releases"},
+    {"wrong-token", test_wrong_token, true, "refused before any rkey leaves"},
+    {"hostile-descriptor", test_hostile_descriptor, true,
+     "forged descriptors (bounds, alignment, region, sequence) fail both "
+     "sides"},
+    {"kill-secondary", test_kill_secondary, true,
+     "the primary errors out, no hang"},
+    {"stall-secondary", test_stall_secondary, true,
+     "a SIGSTOPped secondary ends the primary's session within timeout="},
+    {"stall-idle", test_stall_idle, true,
+     "the keepalive finds a stopped peer while nothing is sent"},
+    {"stall-owed", test_stall_owed, true,
+     "a live secondary that returns no credit ends the session"},
+    {"kill-primary", test_kill_primary, true,
+     "the secondary errors out, no hang"},
+    {"stream", test_stream, true,
+     "48 MiB both ways at once in odd pieces, write and writev, poll()"},
+    {"late-region", test_late_region, true,
+     "the secondary publishes its cache after the primary connected"},
+    {"shutdown", test_shutdown, true,
+     "rcolo_session_shutdown wakes blocked recv/read/fence within 1 s"},
+    {"stream-rate", test_stream_rate, false,
+     "(benchmark) stream MB/s, a write per element versus one writev"},
+};
+
 int main(int argc, char **argv)
 {
-    CHECK(argc == 2, "usage: test-transport TEST");
-    test_name = argv[1];
-    alarm(600);
-    if (!strcmp(test_name, "replicate")) {
-        return test_replicate(false);
-    } else if (!strcmp(test_name, "replicate-background")) {
-        return test_replicate(true);
-    } else if (!strcmp(test_name, "session-fence")) {
-        return test_session_fence();
-    } else if (!strcmp(test_name, "wrong-token")) {
-        return test_refused(false);
-    } else if (!strcmp(test_name, "wrong-version")) {
-        return test_refused(true);
-    } else if (!strcmp(test_name, "oob-descriptor")) {
-        return test_oob_descriptor();
-    } else if (!strcmp(test_name, "kill-secondary")) {
-        return test_kill_secondary();
-    } else if (!strcmp(test_name, "stall-secondary")) {
-        return test_stall_secondary();
-    } else if (!strcmp(test_name, "stall-idle")) {
-        return test_stall_idle();
-    } else if (!strcmp(test_name, "stall-owed")) {
-        return test_stall_owed();
-    } else if (!strcmp(test_name, "kill-primary")) {
-        return test_kill_primary();
-    } else if (!strcmp(test_name, "stream")) {
-        return test_stream();
-    } else if (!strcmp(test_name, "late-region")) {
-        return test_late_region();
-    } else if (!strcmp(test_name, "stream-rate")) {
-        return test_stream_rate();
-    } else if (!strcmp(test_name, "shutdown")) {
-        return test_shutdown();
+    size_t n = sizeof(tests) / sizeof(tests[0]);
+
+    if (argc == 2 && !strcmp(argv[1], "--list")) {
+        for (size_t i = 0; i < n; i++) {
+            printf("%s%s\t%s\n", tests[i].name, tests[i].in_suite ? "" : " *",
+                   tests[i].what);
+        }
+        return 0;
     }
-    FAIL("unknown test %s", test_name);
+    CHECK(argc == 2, "usage: test-transport TEST|--list");
+    static char prog[64];
+
+    test_name = argv[1];
+    snprintf(prog, sizeof(prog), "test-transport %s", test_name);
+    check_prog = prog;
+    check_side = "primary";
+    alarm(600);
+    for (size_t i = 0; i < n; i++) {
+        if (!strcmp(test_name, tests[i].name)) {
+            return tests[i].run();
+        }
+    }
+    FAIL("unknown test %s (test-transport --list)", test_name);
 }

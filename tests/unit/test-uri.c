@@ -324,6 +324,44 @@ static void test_token_redacted(void **state)
            sizeof(texts) / sizeof(texts[0]));
 }
 
+/* The option table an application shares (rcolo_uri_option*): every name
+ * it lists parses as that option, and the unknown-option error lists the
+ * same names. */
+static void test_option_table(void **state)
+{
+    char all[256], some[256], text[300];
+    struct rcolo_uri u;
+    struct rcolo_error err;
+    unsigned n = 0, seen = 0;
+
+    assert_true(rcolo_uri_option_names(0, all, sizeof(all)) > 0);
+    assert_string_equal(all, "channels, depth, device, gid-index, ib-port, "
+                             "insecure, secret, source, timeout, token, tos");
+    for (char *name = strtok(strcpy(some, all), ", "); name;
+         name = strtok(NULL, ", ")) {
+        unsigned bit = rcolo_uri_option(name, strlen(name));
+        assert_true(bit && !(bit & (bit - 1)) && !(seen & bit));
+        seen |= bit;
+        n++;
+    }
+    assert_int_equal(n, 11);
+    assert_int_equal(rcolo_uri_option("chan", 4), 0);
+    assert_int_equal(rcolo_uri_option("channelsx", 9), 0);
+    assert_int_equal(rcolo_uri_option("token=abc", 5), RCOLO_URI_OPT_TOKEN);
+    assert_true(
+        rcolo_uri_option_names(RCOLO_URI_OPT_CHANNELS | RCOLO_URI_OPT_INSECURE,
+                               some, sizeof(some)) > 0);
+    assert_string_equal(some, "depth, device, gid-index, ib-port, secret, "
+                              "source, timeout, token, tos");
+    assert_int_equal(rcolo_uri_option_names(0, some, 10), -ENOSPC);
+    snprintf(text, sizeof(text), "rdma-colo:10.0.0.1:1?bogus=1");
+    assert_int_equal(rcolo_uri_parse(text, &u, &err), -EINVAL);
+    assert_non_null(strstr(err.message, all));
+    printf("option table: %u options, each its own bit; the unknown-option "
+           "error lists the same names\n",
+           n);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +379,7 @@ int main(void)
         cmocka_unit_test(test_secret_and_insecure),
         cmocka_unit_test(test_refuses_no_token),
         cmocka_unit_test(test_token_redacted),
+        cmocka_unit_test(test_option_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
