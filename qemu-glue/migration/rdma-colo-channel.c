@@ -126,7 +126,7 @@ QIOChannelRdmaColo *rdma_colo_channel_new(RdmaColoSession *sess, int index)
     QIOChannelRdmaColo *rioc =
         QIO_CHANNEL_RDMA_COLO(object_new(TYPE_QIO_CHANNEL_RDMA_COLO));
 
-    rioc->sess = g_atomic_rc_box_acquire(sess);
+    rioc->sess = sess ? g_atomic_rc_box_acquire(sess) : NULL;
     rioc->index = index;
     rioc->blocking = true;
     qio_channel_set_feature(QIO_CHANNEL(rioc), QIO_CHANNEL_FEATURE_SHUTDOWN);

@@ -76,6 +76,11 @@ void rdma_colo_fence_latency_record(RdmaColoSession *sess, int64_t ns);
 void rdma_colo_session_foreach(enum rcolo_role role,
                                void (*fn)(RdmaColoSession *sess, void *opaque),
                                void *opaque);
+/*
+ * A channel of @sess (a reference is taken), or of no session yet (NULL:
+ * the outgoing stream, attached once its connect worker is done); @index
+ * -1 is the stream, 0.. a multifd data channel.
+ */
 QIOChannelRdmaColo *rdma_colo_channel_new(RdmaColoSession *sess, int index);
 void rdma_colo_set_error(Error **errp, struct rcolo_session *rs, int ret,
                          const char *what);

@@ -30,35 +30,31 @@ static void rdma_colo_forget_uri(struct rcolo_uri *uri)
 
 /*
  * The URI options QEMU takes: the library's but channels= (QEMU's is the
- * multifd-channels parameter) and insecure= (QEMU always authenticates,
- * refused below with its reason).  Checked before the library's parser,
- * whose list of known options is its own.  Only option names are quoted:
- * a value may be the token, and nothing is copied (a copy would have to be
- * wiped, as the token is elsewhere).
+ * multifd-channels parameter, refused here with that reason) and
+ * insecure= (QEMU always authenticates, refused after parsing with its
+ * reason, and left out of the list of known options).  Only option names
+ * are quoted: a value may be the token, and nothing is copied (a copy
+ * would have to be wiped, as the token is elsewhere).
  */
+#define RDMA_COLO_QEMU_REFUSES (RCOLO_URI_OPT_CHANNELS | RCOLO_URI_OPT_INSECURE)
+
 static bool rdma_colo_check_options(const char *uri, Error **errp)
 {
-    static const char *const known[] = {
-        "depth", "device", "gid-index", "ib-port", "insecure",
-        "secret", "source", "timeout", "token", "tos",
-    };
-
     for (const char *o = strchr(uri, '?'); o; o = strchr(o, '&')) {
         size_t klen = strcspn(++o, "=&");
-        bool ok = false;
+        unsigned opt = rcolo_uri_option(o, klen);
+        char known[256];
 
-        if (klen == 8 && !strncmp(o, "channels", klen)) {
+        if (opt == RCOLO_URI_OPT_CHANNELS) {
             error_setg(errp, "rdma-colo: the number of data channels is the "
                        "multifd-channels parameter, not a URI option");
             return false;
         }
-        for (int i = 0; i < ARRAY_SIZE(known); i++) {
-            ok |= klen == strlen(known[i]) && !strncmp(o, known[i], klen);
-        }
-        if (!ok && klen) { /* the library reports empty ones */
+        if (!opt && klen) { /* the library reports empty ones */
+            rcolo_uri_option_names(RDMA_COLO_QEMU_REFUSES, known,
+                                   sizeof(known));
             error_setg(errp, "rdma-colo: unknown URI option '%.*s' (known: "
-                       "depth, device, gid-index, ib-port, secret, source, "
-                       "timeout, token, tos)", (int)klen, o);
+                       "%s)", (int)klen, o, known);
             return false;
         }
     }
@@ -483,10 +479,7 @@ void rdma_colo_start_outgoing_migration(MigrationState *s,
     c->host = g_strdup(addr->host);
 
     /* The session is attached by the worker once connected. */
-    rioc = QIO_CHANNEL_RDMA_COLO(object_new(TYPE_QIO_CHANNEL_RDMA_COLO));
-    rioc->index = -1;
-    rioc->blocking = true;
-    qio_channel_set_feature(QIO_CHANNEL(rioc), QIO_CHANNEL_FEATURE_SHUTDOWN);
+    rioc = rdma_colo_channel_new(NULL, -1);
     qio_channel_set_name(QIO_CHANNEL(rioc), "migration-rdma-colo-outgoing");
 
     task = qio_task_new(OBJECT(rioc), rdma_colo_outgoing_connected, c,
