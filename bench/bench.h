@@ -47,7 +47,8 @@ struct options {
     bool verify;
     const char *json;
     const char *plot;
-    const char *wire; /* perftest-ref --out file */
+    const char *wire;     /* perftest-ref --out file (appended to) */
+    const char *wire_cmd; /* measures the wire into it, between phases */
     const char *token;
     bool progress;
     int busy_poll; /* BUSY_NONE, BUSY_FENCE, BUSY_ALL */
@@ -197,12 +198,18 @@ void colo_mark(struct colo_secondary *c, uint64_t offset);
 uint64_t colo_flush(struct colo_secondary *c);
 
 /* report.c */
+/* One perftest figure over the reference runs: the median and the spread. */
+struct wire_figure {
+    double median, min, max;
+    unsigned n;
+};
 struct wire_limit {
-    double bw_4k_MBps, bw_64k_MBps, lat_8_us, lat_4k_us;
-    double bw_4k_multi_MBps;
+    struct wire_figure bw_4k, bw_64k, lat_8, lat_4k, bw_4k_multi;
     int multi_qps;
     bool have;
 };
+/* Run o->wire_cmd, which appends one round of figures to o->wire. */
+int wire_measure(const struct options *o, const char *when);
 void wire_load(const char *path, struct wire_limit *w);
 void report_table(const struct options *o, const struct run_result *r,
                   unsigned nr, const struct wire_limit *w);

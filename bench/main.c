@@ -63,6 +63,15 @@ static void usage(FILE *f)
         "                                  token= in the URI)\n"
         "  --wire FILE                     perftest-ref --out results, for "
         "ratios\n"
+        "                                  (every round in it: each figure is\n"
+        "                                  their median, shown with its "
+        "spread)\n"
+        "  --wire-cmd CMD                  shell command that appends a round\n"
+        "                                  to --wire FILE; run before the "
+        "first\n"
+        "                                  phase, between phases and after "
+        "the\n"
+        "                                  last (>= 3 rounds interleaved)\n"
         "  --json FILE                     every raw sample\n"
         "  --plot FILE.png                 latency distributions (gnuplot)\n"
         "  --busy-poll auto|none|fence|all busy-poll in the checkpoint "
@@ -146,6 +155,7 @@ static void parse(int argc, char **argv, struct options *o)
         O_NOVERIFY,
         O_TOKEN,
         O_WIRE,
+        O_WIRE_CMD,
         O_JSON,
         O_PLOT,
         O_QUIET,
@@ -176,6 +186,7 @@ static void parse(int argc, char **argv, struct options *o)
         {"no-verify", 0, 0, O_NOVERIFY},
         {"token", 1, 0, O_TOKEN},
         {"wire", 1, 0, O_WIRE},
+        {"wire-cmd", 1, 0, O_WIRE_CMD},
         {"json", 1, 0, O_JSON},
         {"plot", 1, 0, O_PLOT},
         {"quiet", 0, 0, O_QUIET},
@@ -298,6 +309,9 @@ static void parse(int argc, char **argv, struct options *o)
             break;
         case O_WIRE:
             o->wire = optarg;
+            break;
+        case O_WIRE_CMD:
+            o->wire_cmd = optarg;
             break;
         case O_JSON:
             o->json = optarg;
@@ -543,11 +557,19 @@ int main(int argc, char **argv)
     }
 
     bool both = !strcmp(o.role, "both");
-    if (o.run_rdma) {
+    /* The wire reference is measured around every phase, so that a
+     * machine whose speed drifts during the run shows in its spread. */
+    if (o.wire_cmd && !both) {
+        BENCH_ERR("--wire-cmd needs --role both");
+        return 2;
+    }
+    ret = wire_measure(&o, "before the first phase");
+    if (!ret && o.run_rdma) {
         res[nr].name = "rdma";
         ret = both ? both_phase(&o, true, &res[nr])
                    : primary_phase(&o, true, 0, &res[nr]);
         nr++;
+        ret = ret ? ret : wire_measure(&o, "after the rdma phase");
     }
     if (!ret && o.background) {
         struct options bg = o;
@@ -557,12 +579,18 @@ int main(int argc, char **argv)
         ret = both ? both_phase(&bg, true, &res[nr])
                    : primary_phase(&bg, true, 0, &res[nr]);
         nr++;
+        ret = ret ? ret : wire_measure(&o, "after the rdma-bg phase");
     }
     if (!ret && o.run_tcp) {
         res[nr].name = "tcp";
         ret = both ? both_phase(&o, false, &res[nr])
                    : primary_phase(&o, false, o.tcp_port, &res[nr]);
         nr++;
+        ret = ret ? ret : wire_measure(&o, "after the tcp phase");
+    }
+    /* At least three rounds, for a median and a spread. */
+    for (unsigned rounds = 1 + nr; !ret && o.wire_cmd && rounds < 3; rounds++) {
+        ret = wire_measure(&o, "for a third round");
     }
     struct wire_limit w;
     wire_load(o.wire, &w);

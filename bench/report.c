@@ -23,32 +23,105 @@ void progress(const struct options *o, const char *name, unsigned k, unsigned n,
     }
 }
 
+int wire_measure(const struct options *o, const char *when)
+{
+    if (!o->wire_cmd) {
+        return 0;
+    }
+    if (!o->progress) {
+        fflush(stdout);
+    }
+    int rc = system(o->wire_cmd);
+    if (rc != 0) {
+        BENCH_ERR("the wire reference (%s) failed %s: status %d", o->wire_cmd,
+                  when, rc);
+        return -EIO;
+    }
+    return 0;
+}
+
+#define WIRE_MAX_RUNS 16
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void figure(struct wire_figure *f, double *v, unsigned n)
+{
+    memset(f, 0, sizeof(*f));
+    if (!n) {
+        return;
+    }
+    qsort(v, n, sizeof(*v), cmp_double);
+    f->n = n;
+    f->min = v[0];
+    f->max = v[n - 1];
+    f->median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 void wire_load(const char *path, struct wire_limit *w)
 {
+    static const char *const keys[] = {
+        "write_bw_4096_MBps", "write_bw_65536_MBps", "write_lat_8_us",
+        "write_lat_4096_us",  "write_bw_4096_q",
+    };
+    double v[5][WIRE_MAX_RUNS];
+    unsigned n[5] = {0};
     char key[64];
-    double v;
+    double x;
     FILE *f;
 
     memset(w, 0, sizeof(*w));
     if (!path || !(f = fopen(path, "r"))) {
         return;
     }
-    while (fscanf(f, "%63s %lf", key, &v) == 2) {
-        if (!strcmp(key, "write_bw_4096_MBps")) {
-            w->bw_4k_MBps = v;
-        } else if (!strcmp(key, "write_bw_65536_MBps")) {
-            w->bw_64k_MBps = v;
-        } else if (!strncmp(key, "write_bw_4096_q", 15)) {
-            w->bw_4k_multi_MBps = v;
-            w->multi_qps = atoi(key + 15);
-        } else if (!strcmp(key, "write_lat_8_us")) {
-            w->lat_8_us = v;
-        } else if (!strcmp(key, "write_lat_4096_us")) {
-            w->lat_4k_us = v;
+    /* One line per figure and round, rounds appended one after another. */
+    while (fscanf(f, "%63s %lf", key, &x) == 2) {
+        for (unsigned k = 0; k < 5; k++) {
+            bool match = k == 4 ? !strncmp(key, keys[k], strlen(keys[k]))
+                                : !strcmp(key, keys[k]);
+            if (match && n[k] < WIRE_MAX_RUNS) {
+                v[k][n[k]++] = x;
+                if (k == 4) {
+                    w->multi_qps = atoi(key + strlen(keys[k]));
+                }
+            }
         }
     }
     fclose(f);
-    w->have = w->bw_4k_MBps > 0 && w->bw_64k_MBps > 0 && w->lat_8_us > 0;
+    figure(&w->bw_4k, v[0], n[0]);
+    figure(&w->bw_64k, v[1], n[1]);
+    figure(&w->lat_8, v[2], n[2]);
+    figure(&w->lat_4k, v[3], n[3]);
+    figure(&w->bw_4k_multi, v[4], n[4]);
+    w->have = w->bw_4k.n && w->bw_64k.n && w->lat_8.n;
+}
+
+/* "65.7 MB/s (median of 3, 47.3-66.1)", or the one value. */
+static const char *show_figure(const struct wire_figure *f, const char *unit,
+                               char *buf, size_t size)
+{
+    if (f->n > 1) {
+        snprintf(buf, size, "%.1f %s (median of %u runs, %.1f-%.1f)", f->median,
+                 unit, f->n, f->min, f->max);
+    } else {
+        snprintf(buf, size, "%.1f %s", f->median, unit);
+    }
+    return buf;
+}
+
+/* A throughput's ratio to a figure, with its spread over the runs. */
+static void show_ratio(const char *label, double value,
+                       const struct wire_figure *f)
+{
+    printf("  %-40s %6.1f %%", label, 100.0 * value / f->median);
+    if (f->n > 1) {
+        printf("  (%.1f-%.1f %% against each of the %u reference runs)",
+               100.0 * value / f->max, 100.0 * value / f->min, f->n);
+    }
+    printf("\n");
 }
 
 static int cmp_u64(const void *a, const void *b)
@@ -163,13 +236,17 @@ void report_table(const struct options *o, const struct run_result *r,
            o->batch, o->desc_batch > o->batch ? o->desc_batch : o->batch,
            o->checkpoints, (unsigned long long)o->seed);
     if (w->have) {
+        char a[96], b[96], c[96], d[96];
+
         printf("wire limit (perftest, same device, same run): ib_write_bw "
-               "4 KiB %.1f MB/s, 64 KiB %.1f MB/s; ib_write_lat 8 B %.2f us, "
-               "4 KiB %.2f us\n",
-               w->bw_4k_MBps, w->bw_64k_MBps, w->lat_8_us, w->lat_4k_us);
+               "4 KiB %s, 64 KiB %s; ib_write_lat 8 B %s, 4 KiB %s\n",
+               show_figure(&w->bw_4k, "MB/s", a, sizeof(a)),
+               show_figure(&w->bw_64k, "MB/s", b, sizeof(b)),
+               show_figure(&w->lat_8, "us", c, sizeof(c)),
+               show_figure(&w->lat_4k, "us", d, sizeof(d)));
         if (w->multi_qps) {
-            printf("  ib_write_bw 4 KiB over %d QPs: %.1f MB/s\n", w->multi_qps,
-                   w->bw_4k_multi_MBps);
+            printf("  ib_write_bw 4 KiB over %d QPs: %s\n", w->multi_qps,
+                   show_figure(&w->bw_4k_multi, "MB/s", a, sizeof(a)));
         }
     }
     printf("\n%-28s", "");
@@ -214,17 +291,26 @@ void report_table(const struct options *o, const struct run_result *r,
 #undef ROW
     printf("\nratios:\n");
     if (rdma && w->have) {
-        double ref =
-            o->pattern == PAT_SEQUENTIAL ? w->bw_64k_MBps : w->bw_4k_MBps;
-        printf("  rdma throughput / ib_write_bw %s:  %6.1f %%\n",
-               o->pattern == PAT_SEQUENTIAL ? "64 KiB" : "4 KiB",
-               100.0 * rdma->MBps / ref);
-        if (w->multi_qps && o->pattern != PAT_SEQUENTIAL) {
-            printf("  rdma throughput / ib_write_bw 4 KiB, %d QPs: %6.1f %%\n",
-                   w->multi_qps, 100.0 * rdma->MBps / w->bw_4k_multi_MBps);
+        bool seq = o->pattern == PAT_SEQUENTIAL;
+        char label[64];
+
+        snprintf(label, sizeof(label),
+                 "rdma throughput / ib_write_bw %s:", seq ? "64 KiB" : "4 KiB");
+        show_ratio(label, rdma->MBps, seq ? &w->bw_64k : &w->bw_4k);
+        if (w->multi_qps && !seq) {
+            snprintf(
+                label, sizeof(label),
+                "rdma throughput / ib_write_bw 4 KiB, %d QPs:", w->multi_qps);
+            show_ratio(label, rdma->MBps, &w->bw_4k_multi);
         }
-        printf("  rdma empty fence / ib_write_lat 8 B:  %6.2f x\n",
-               rdma->empty_p50_us / w->lat_8_us);
+        printf("  %-40s %6.2f x", "rdma empty fence / ib_write_lat 8 B:",
+               rdma->empty_p50_us / w->lat_8.median);
+        if (w->lat_8.n > 1) {
+            printf("  (%.2f-%.2f x against each of the %u reference runs)",
+                   rdma->empty_p50_us / w->lat_8.max,
+                   rdma->empty_p50_us / w->lat_8.min, w->lat_8.n);
+        }
+        printf("\n");
     }
     if (bg && rdma && rdma->mean_ms > 0) {
         printf("  rdma-bg / rdma checkpoint transfer:  %6.2f x (mean), "
@@ -276,11 +362,17 @@ int report_json(const char *path, const struct options *o,
             (unsigned long long)o->size, o->page_size, pattern_name(o->pattern),
             (unsigned long long)o->dirty, o->zero_pct, o->channels, o->batch,
             o->desc_batch, o->checkpoints, (unsigned long long)o->seed);
+    /* Medians, and each figure's runs (min, max, count). */
     fprintf(f,
             "  \"wire\": {\"write_bw_4096_MBps\": %.2f, "
             "\"write_bw_65536_MBps\": %.2f, \"write_lat_8_us\": %.2f, "
-            "\"write_lat_4096_us\": %.2f},\n  \"runs\": [\n",
-            w->bw_4k_MBps, w->bw_64k_MBps, w->lat_8_us, w->lat_4k_us);
+            "\"write_lat_4096_us\": %.2f, \"runs\": %u, "
+            "\"write_bw_4096_MBps_range\": [%.2f, %.2f], "
+            "\"write_bw_65536_MBps_range\": [%.2f, %.2f], "
+            "\"write_lat_8_us_range\": [%.2f, %.2f]},\n  \"runs\": [\n",
+            w->bw_4k.median, w->bw_64k.median, w->lat_8.median,
+            w->lat_4k.median, w->bw_4k.n, w->bw_4k.min, w->bw_4k.max,
+            w->bw_64k.min, w->bw_64k.max, w->lat_8.min, w->lat_8.max);
     for (unsigned i = 0; i < nr; i++) {
         fprintf(f, "    {\"transport\": \"%s\", \"ok\": %s, \"samples\": [\n",
                 r[i].name, r[i].ok ? "true" : "false");
