@@ -85,6 +85,9 @@ struct run_result {
     unsigned empty_count;
     bool ok;
     char error[512];
+    /* Bytes this node sent over the link during the phase (with-rxe's
+     * pair topology); 0 on loopback. */
+    long long link_bytes;
 };
 
 /* The guest memory and its per-page hashes (for O(dirty) verification:
@@ -208,6 +211,11 @@ struct wire_limit {
     int multi_qps;
     bool have;
 };
+/* The topology (with-rxe's RDMA_COLO_TOPOLOGY, "loopback" if unset) and
+ * the bytes this node's netdev sent so far over the link (pair; 0 on
+ * loopback, where nothing crosses one). */
+const char *fabric_topology(void);
+long long link_tx_bytes(void);
 /* Run o->wire_cmd, which appends one round of figures to o->wire. */
 int wire_measure(const struct options *o, const char *when);
 void wire_load(const char *path, struct wire_limit *w);

@@ -26,7 +26,9 @@ static void usage(FILE *f)
         "  --uri rdma-colo:HOST:PORT       rdma endpoint (primary/secondary "
         "roles)\n"
         "  --addr IPV4                     fabric address (default "
-        "$RDMA_COLO_TEST_ADDR)\n"
+        "$RDMA_COLO_TEST_PEER_ADDR, else\n"
+        "                                  $RDMA_COLO_TEST_ADDR: the "
+        "secondary's)\n"
         "  --tcp-port N                    TCP baseline port "
         "(primary/secondary)\n"
         "  --transport rdma|tcp|both       what to run (default both)\n"
@@ -214,7 +216,11 @@ static void parse(int argc, char **argv, struct options *o)
         .empty_fences = 200,
         .seed = 1,
         .verify = true,
-        .tcp_addr = getenv("RDMA_COLO_TEST_ADDR"),
+        /* The secondary's address: on with-rxe's pair topology the other
+         * node's, so that both transports cross the link. */
+        .tcp_addr = getenv("RDMA_COLO_TEST_PEER_ADDR")
+                        ? getenv("RDMA_COLO_TEST_PEER_ADDR")
+                        : getenv("RDMA_COLO_TEST_ADDR"),
         .tcp_port = 0,
         .progress = isatty(2),
         .busy_poll = -1,
@@ -566,8 +572,10 @@ int main(int argc, char **argv)
     ret = wire_measure(&o, "before the first phase");
     if (!ret && o.run_rdma) {
         res[nr].name = "rdma";
+        res[nr].link_bytes = -link_tx_bytes();
         ret = both ? both_phase(&o, true, &res[nr])
                    : primary_phase(&o, true, 0, &res[nr]);
+        res[nr].link_bytes += link_tx_bytes();
         nr++;
         ret = ret ? ret : wire_measure(&o, "after the rdma phase");
     }
@@ -576,15 +584,19 @@ int main(int argc, char **argv)
 
         bg.bg = true;
         res[nr].name = "rdma-bg";
+        res[nr].link_bytes = -link_tx_bytes();
         ret = both ? both_phase(&bg, true, &res[nr])
                    : primary_phase(&bg, true, 0, &res[nr]);
+        res[nr].link_bytes += link_tx_bytes();
         nr++;
         ret = ret ? ret : wire_measure(&o, "after the rdma-bg phase");
     }
     if (!ret && o.run_tcp) {
         res[nr].name = "tcp";
+        res[nr].link_bytes = -link_tx_bytes();
         ret = both ? both_phase(&o, false, &res[nr])
                    : primary_phase(&o, false, o.tcp_port, &res[nr]);
+        res[nr].link_bytes += link_tx_bytes();
         nr++;
         ret = ret ? ret : wire_measure(&o, "after the tcp phase");
     }

@@ -23,6 +23,33 @@ void progress(const struct options *o, const char *name, unsigned k, unsigned n,
     }
 }
 
+const char *fabric_topology(void)
+{
+    const char *t = getenv("RDMA_COLO_TOPOLOGY");
+
+    return t ? t : "loopback";
+}
+
+long long link_tx_bytes(void)
+{
+    const char *nd = getenv("RDMA_COLO_TEST_NETDEV");
+    char path[128];
+    long long v = 0;
+    FILE *f;
+
+    if (strcmp(fabric_topology(), "pair") || !nd) {
+        return 0;
+    }
+    snprintf(path, sizeof(path), "/sys/class/net/%s/statistics/tx_bytes", nd);
+    if ((f = fopen(path, "r"))) {
+        if (fscanf(f, "%lld", &v) != 1) {
+            v = 0;
+        }
+        fclose(f);
+    }
+    return v;
+}
+
 int wire_measure(const struct options *o, const char *when)
 {
     if (!o->wire_cmd) {
@@ -138,6 +165,7 @@ struct summary {
     double empty_p50_us, empty_p99_us;
     double ckpt_pages, bg_pages, bg_ms; /* means per checkpoint */
     uint64_t bytes, pages;
+    double link_mib, link_per_byte; /* pair topology: what crossed the link */
 };
 
 static double pct(const uint64_t *sorted, unsigned n, double p)
@@ -211,6 +239,8 @@ static void summarize(const struct run_result *r, struct summary *s)
         s->empty_p99_us = pct(e, r->empty_count, 0.99) / 1e3;
         free(e);
     }
+    s->link_mib = (double)r->link_bytes / (1 << 20);
+    s->link_per_byte = s->bytes ? (double)r->link_bytes / (double)s->bytes : 0;
 }
 
 static const char *pattern_name(enum pattern p)
@@ -249,6 +279,12 @@ void report_table(const struct options *o, const struct run_result *r,
                    show_figure(&w->bw_4k_multi, "MB/s", a, sizeof(a)));
         }
     }
+    if (!strcmp(fabric_topology(), "pair")) {
+        printf("fabric: pair topology (with-rxe): the secondary on the other "
+               "node, every byte over the link from %s\n",
+               getenv("RDMA_COLO_TEST_NETDEV") ? getenv("RDMA_COLO_TEST_NETDEV")
+                                               : "?");
+    }
     printf("\n%-28s", "");
     for (unsigned i = 0; i < nr; i++) {
         summarize(&r[i], &s[i]);
@@ -279,6 +315,10 @@ void report_table(const struct options *o, const struct run_result *r,
     ROW("pages sent before, guest up", "%14.0f", bg_pages);
     ROW("  those pushes, ms", "%14.2f", bg_ms);
     ROW("throughput MB/s", "%14.1f", MBps);
+    if (!strcmp(fabric_topology(), "pair")) {
+        ROW("link MiB sent (pair)", "%14.1f", link_mib);
+        ROW("  per payload byte", "%14.2f", link_per_byte);
+    }
     ROW("pages/s", "%14.0f", pages_per_s);
     ROW("primary CPU s/GiB", "%14.3f", pri_cpu_per_gib);
     ROW("secondary rx CPU s/GiB", "%14.3f", sec_cpu_per_gib);
@@ -362,6 +402,25 @@ int report_json(const char *path, const struct options *o,
             (unsigned long long)o->size, o->page_size, pattern_name(o->pattern),
             (unsigned long long)o->dirty, o->zero_pct, o->channels, o->batch,
             o->desc_batch, o->checkpoints, (unsigned long long)o->seed);
+    /* Where it ran: on the pair topology, what crossed the link during
+     * the rdma phase, against the bytes it RDMA-wrote. */
+    long long rdma_link = 0;
+    unsigned long long rdma_bytes = 0;
+    for (unsigned i = 0; i < nr; i++) {
+        if (!strcmp(r[i].name, "rdma")) {
+            rdma_link = r[i].link_bytes;
+            for (unsigned k = 0; k < r[i].count; k++) {
+                rdma_bytes += r[i].samples[k].bytes;
+            }
+        }
+    }
+    fprintf(f,
+            "  \"fabric\": {\"topology\": \"%s\", \"netdev\": \"%s\", "
+            "\"link_bytes\": %lld, \"rdma_bytes\": %llu},\n",
+            fabric_topology(),
+            getenv("RDMA_COLO_TEST_NETDEV") ? getenv("RDMA_COLO_TEST_NETDEV")
+                                            : "",
+            rdma_link, rdma_bytes);
     /* Medians, and each figure's runs (min, max, count). */
     fprintf(f,
             "  \"wire\": {\"write_bw_4096_MBps\": %.2f, "
@@ -374,8 +433,10 @@ int report_json(const char *path, const struct options *o,
             w->lat_4k.median, w->bw_4k.n, w->bw_4k.min, w->bw_4k.max,
             w->bw_64k.min, w->bw_64k.max, w->lat_8.min, w->lat_8.max);
     for (unsigned i = 0; i < nr; i++) {
-        fprintf(f, "    {\"transport\": \"%s\", \"ok\": %s, \"samples\": [\n",
-                r[i].name, r[i].ok ? "true" : "false");
+        fprintf(f,
+                "    {\"transport\": \"%s\", \"ok\": %s, \"link_bytes\": "
+                "%lld, \"samples\": [\n",
+                r[i].name, r[i].ok ? "true" : "false", r[i].link_bytes);
         for (unsigned k = 0; k < r[i].count; k++) {
             const struct sample *s = &r[i].samples[k];
             fprintf(

@@ -20,18 +20,21 @@
 #include "internal.h"
 
 /*
- * Connection parameters of every connection, both sides.  Retries: 7 for
- * transport errors (the most the field holds), 6 for RNR (7 would retry
- * forever).
+ * Connection parameters of every connection, both sides.  Retries:
+ * retry-count= for transport errors (default 7, the most the field
+ * holds), 6 for RNR (7 would retry forever).
  */
-static struct rdma_conn_param conn_param(const void *pdata, size_t len)
+static struct rdma_conn_param conn_param(const struct rcolo_session *s,
+                                         const void *pdata, size_t len)
 {
     return (struct rdma_conn_param){
         .private_data = pdata,
         .private_data_len = (uint8_t)len,
         .responder_resources = 1,
         .initiator_depth = 1,
-        .retry_count = 7,
+        .retry_count =
+            (uint8_t)(s->uri.retry_count ? s->uri.retry_count
+                                         : RCOLO_DEFAULT_RETRY_COUNT),
         .rnr_retry_count = 6,
     };
 }
@@ -156,11 +159,11 @@ struct rdma_cm_id *rcolo_handshake_request(struct rcolo_session *s,
     if (why == RCOLO_REJ_NONE &&
         (rcolo_path_check_id(&s->uri, RCOLO_SECONDARY, id,
                              "a connection to this secondary", &err) ||
-         rcolo_regions_attach(s, id->verbs, &err))) {
+         rcolo_regions_attach(s, id->verbs, &err) ||
+         rcolo_cm_tune(id, s->uri.ack_timeout, &err))) {
         why = RCOLO_REJ_NO_RESOURCES;
     }
     if (why == RCOLO_REJ_NONE) {
-        rcolo_cm_tune(id);
         if (req.role == RCOLO_CONN_CONTROL) {
             s->channels = req.channels;
             s->depth = req.depth < s->depth ? req.depth : s->depth;
@@ -219,7 +222,7 @@ struct rdma_cm_id *rcolo_handshake_request(struct rcolo_session *s,
               s->snonce, s->cnonce, req.index, rep.channels, rep.depth,
               rep.mac);
     size_t n = rcolo_rep_encode(&rep, pdata, sizeof(pdata));
-    struct rdma_conn_param param = conn_param(pdata, n);
+    struct rdma_conn_param param = conn_param(s, pdata, n);
     if (req.role == RCOLO_CONN_CONTROL) {
         id->context = NULL;
         s->state = RCOLO_SESSION_ACCEPTING;
@@ -321,8 +324,8 @@ static int connect_resolve(struct rcolo_session *s,
     if (ret) {
         return ret;
     }
-    rcolo_cm_tune(*pid);
-    return rcolo_regions_attach(s, (*pid)->verbs, err);
+    ret = rcolo_cm_tune(*pid, s->uri.ack_timeout, err);
+    return ret ? ret : rcolo_regions_attach(s, (*pid)->verbs, err);
 }
 
 /* What a REQ's QP number is when the REQ has no QP: a HELLO is always
@@ -341,7 +344,7 @@ static int connect_finish(struct rcolo_session *s,
     uint8_t reply[64];
     size_t reply_len = sizeof(reply);
     struct rdma_conn_param param =
-        conn_param(req_buf, rcolo_req_encode(req, req_buf, sizeof(req_buf)));
+        conn_param(s, req_buf, rcolo_req_encode(req, req_buf, sizeof(req_buf)));
     int ret;
 
     param.qp_num = id->qp ? 0 : HELLO_QP_NUM;

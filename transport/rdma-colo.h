@@ -60,6 +60,11 @@ extern "C" {
 #define RCOLO_MIN_TIMEOUT_MS     100
 #define RCOLO_MAX_TIMEOUT_MS     3600000
 #define RCOLO_DEFAULT_TIMEOUT_MS 5000
+/* QP timing (since 0.8): the local ACK timeout, 4.096 us * 2^N (14: about
+ * 67 ms), and how often a work request is sent again before it fails. */
+#define RCOLO_DEFAULT_ACK_TIMEOUT 14
+#define RCOLO_MAX_ACK_TIMEOUT     31
+#define RCOLO_DEFAULT_RETRY_COUNT 7
 
 struct rcolo_error {
     int code; /* negative errno, as returned */
@@ -110,6 +115,20 @@ struct rcolo_error {
  *          ib-port=N  (both, 1..255: its port, checked likewise)
  *   rcolo_session_get_path() says what the session uses.
  *
+ *   QP timing (since 0.8), both sides, for the fabric: how fast a dead
+ *   link or peer fails a work request in flight (and so the session, at
+ *   once; an idle session's keepalive puts a work request in flight every
+ *   timeout/4 ms):
+ *          ack-timeout=N (1..RCOLO_MAX_ACK_TIMEOUT, default
+ *                      RCOLO_DEFAULT_ACK_TIMEOUT: the local ACK timeout,
+ *                      4.096 us * 2^N; longer links or lossy fabrics want
+ *                      more)
+ *          retry-count=N (1..7, default 7: sends of a work request before
+ *                      it fails with a retry error)
+ *   A work request in flight across a cut link fails after about
+ *   (retry-count + 1) * 4.096 us * 2^ack-timeout (0.54 s by default);
+ *   docs/protocol.md has the measured times.
+ *
  * Errors quote the URI with the token's value replaced by "***"; nothing in
  * the library prints or formats the token.
  */
@@ -119,17 +138,19 @@ struct rcolo_error {
  * which is its multifd-channels parameter) names the rest in its errors
  * with the library's own list.
  */
-#define RCOLO_URI_OPT_CHANNELS  (1u << 0)
-#define RCOLO_URI_OPT_DEPTH     (1u << 1)
-#define RCOLO_URI_OPT_DEVICE    (1u << 2)
-#define RCOLO_URI_OPT_GID_INDEX (1u << 3)
-#define RCOLO_URI_OPT_IB_PORT   (1u << 4)
-#define RCOLO_URI_OPT_INSECURE  (1u << 5)
-#define RCOLO_URI_OPT_SECRET    (1u << 6)
-#define RCOLO_URI_OPT_SOURCE    (1u << 7)
-#define RCOLO_URI_OPT_TIMEOUT   (1u << 8)
-#define RCOLO_URI_OPT_TOKEN     (1u << 9)
-#define RCOLO_URI_OPT_TOS       (1u << 10)
+#define RCOLO_URI_OPT_CHANNELS    (1u << 0)
+#define RCOLO_URI_OPT_DEPTH       (1u << 1)
+#define RCOLO_URI_OPT_DEVICE      (1u << 2)
+#define RCOLO_URI_OPT_GID_INDEX   (1u << 3)
+#define RCOLO_URI_OPT_IB_PORT     (1u << 4)
+#define RCOLO_URI_OPT_INSECURE    (1u << 5)
+#define RCOLO_URI_OPT_SECRET      (1u << 6)
+#define RCOLO_URI_OPT_SOURCE      (1u << 7)
+#define RCOLO_URI_OPT_TIMEOUT     (1u << 8)
+#define RCOLO_URI_OPT_TOKEN       (1u << 9)
+#define RCOLO_URI_OPT_TOS         (1u << 10)
+#define RCOLO_URI_OPT_ACK_TIMEOUT (1u << 11)
+#define RCOLO_URI_OPT_RETRY_COUNT (1u << 12)
 
 /* The option named by the @len bytes at @name (RCOLO_URI_OPT_*), 0 if
  * there is none of that name. */
@@ -161,7 +182,10 @@ struct rcolo_uri {
     unsigned ib_port;                       /* 1..255 */
     unsigned gid_index;                     /* RCOLO_URI_GID_INDEX */
     unsigned tos;                           /* RCOLO_URI_TOS */
-    uint64_t reserved[2]; /* zero; room for options without an ABI break */
+    /* QP timing (0.8): 0 = the default. */
+    unsigned ack_timeout; /* 1..RCOLO_MAX_ACK_TIMEOUT */
+    unsigned retry_count; /* 1..7 */
+    uint64_t reserved[1]; /* zero; room for options without an ABI break */
 };
 
 /* Parse @text into @uri.  Returns 0 or -EINVAL (with @err filled). */

@@ -256,18 +256,42 @@ static const char *opt_tos(const char *val, size_t len, struct rcolo_uri *uri,
     return NULL;
 }
 
+static const char *opt_ack_timeout(const char *val, size_t len,
+                                   struct rcolo_uri *uri, char *msg,
+                                   size_t size)
+{
+    if (parse_uint(val, len, 1, RCOLO_MAX_ACK_TIMEOUT, &uri->ack_timeout)) {
+        return NULL;
+    }
+    snprintf(msg, size,
+             "ack-timeout must be given once, 1..%d (4.096 us * 2^N)",
+             RCOLO_MAX_ACK_TIMEOUT);
+    return msg;
+}
+
+static const char *opt_retry_count(const char *val, size_t len,
+                                   struct rcolo_uri *uri, char *msg,
+                                   size_t size)
+{
+    return parse_uint(val, len, 1, 7, &uri->retry_count)
+               ? NULL
+               : "retry-count must be given once, 1..7";
+}
+
 /* In alphabetical order: the order error messages list them in. */
 static const struct {
     const char *name;
     unsigned bit; /* RCOLO_URI_OPT_* */
     opt_parser parse;
 } options[] = {
+    {"ack-timeout", RCOLO_URI_OPT_ACK_TIMEOUT, opt_ack_timeout},
     {"channels", RCOLO_URI_OPT_CHANNELS, opt_channels},
     {"depth", RCOLO_URI_OPT_DEPTH, opt_depth},
     {"device", RCOLO_URI_OPT_DEVICE, opt_device},
     {"gid-index", RCOLO_URI_OPT_GID_INDEX, opt_gid_index},
     {"ib-port", RCOLO_URI_OPT_IB_PORT, opt_ib_port},
     {"insecure", RCOLO_URI_OPT_INSECURE, opt_insecure},
+    {"retry-count", RCOLO_URI_OPT_RETRY_COUNT, opt_retry_count},
     {"secret", RCOLO_URI_OPT_SECRET, opt_secret},
     {"source", RCOLO_URI_OPT_SOURCE, opt_source},
     {"timeout", RCOLO_URI_OPT_TIMEOUT, opt_timeout},
@@ -493,6 +517,14 @@ int rcolo_uri_format(const struct rcolo_uri *uri, char *buf, size_t size)
     }
     if (n >= 0 && (size_t)n < size && (uri->flags & RCOLO_URI_TOS)) {
         n += snprintf(buf + n, size - (size_t)n, "&tos=%u", uri->tos);
+    }
+    if (n >= 0 && (size_t)n < size && uri->ack_timeout) {
+        n += snprintf(buf + n, size - (size_t)n, "&ack-timeout=%u",
+                      uri->ack_timeout);
+    }
+    if (n >= 0 && (size_t)n < size && uri->retry_count) {
+        n += snprintf(buf + n, size - (size_t)n, "&retry-count=%u",
+                      uri->retry_count);
     }
 
     if (n < 0 || (size_t)n >= size) {

@@ -318,14 +318,22 @@ int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,
                            strerror(errnum));
 }
 
-void rcolo_cm_tune(struct rdma_cm_id *id)
+int rcolo_cm_tune(struct rdma_cm_id *id, unsigned ack_timeout,
+                  struct rcolo_error *err)
 {
-    /* ~67 ms per retry, 7 retries: a dead peer shows as a failed WR within
-     * about half a second instead of the provider's default (seconds). */
-    uint8_t timeout = 14;
+    /* The local ACK timeout of the QP rdma_cm will move to RTS: with the
+     * default 14 (~67 ms) and 7 retries a dead peer or a cut link fails a
+     * work request in about half a second instead of the provider's
+     * default (seconds). */
+    uint8_t timeout =
+        (uint8_t)(ack_timeout ? ack_timeout : RCOLO_DEFAULT_ACK_TIMEOUT);
 
-    rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &timeout,
-                    sizeof(timeout));
+    if (rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT,
+                        &timeout, sizeof(timeout))) {
+        return rcolo_set_error(err, -errno, "cannot set the ACK timeout %u: %s",
+                               timeout, strerror(errno));
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- CM */

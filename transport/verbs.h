@@ -120,7 +120,9 @@ int rcolo_cqs_sleep(struct rcolo_qp_res *const *res, unsigned n,
 /* Message for a failed ibv_reg_mr, naming memlock when it is the cause. */
 int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,
                        const char *what);
-void rcolo_cm_tune(struct rdma_cm_id *id);
+/* Before connect or accept: the QP's local ACK timeout (0: the default). */
+int rcolo_cm_tune(struct rdma_cm_id *id, unsigned ack_timeout,
+                  struct rcolo_error *err);
 
 /* A CM event channel whose fd never blocks (waits poll() it). */
 int rcolo_cm_channel_open(struct rdma_event_channel **ch,

@@ -102,6 +102,10 @@ bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
     addr->gid_index = u.gid_index;
     addr->has_tos = u.flags & RCOLO_URI_TOS;
     addr->tos = u.tos;
+    addr->has_ack_timeout = u.ack_timeout != 0;
+    addr->ack_timeout = u.ack_timeout;
+    addr->has_retry_count = u.retry_count != 0;
+    addr->retry_count = u.retry_count;
     rdma_colo_forget_uri(&u);
     return true;
 }
@@ -181,6 +185,12 @@ static bool rdma_colo_addr_to_uri(RdmaColoAddress *addr, unsigned channels,
     }
     if (addr->has_ib_port) {
         g_string_append_printf(opts, "&ib-port=%u", addr->ib_port);
+    }
+    if (addr->has_ack_timeout) {
+        g_string_append_printf(opts, "&ack-timeout=%u", addr->ack_timeout);
+    }
+    if (addr->has_retry_count) {
+        g_string_append_printf(opts, "&retry-count=%u", addr->retry_count);
     }
     text = g_strdup_printf("rdma-colo:%s%s%s:%s?channels=%u%s%s%s",
                            v6 ? "[" : "", addr->host, v6 ? "]" : "",

@@ -3,7 +3,7 @@
 
 One package, imported normally, behind every script and qemu-suite test
 that drives QEMU (scripts/colo-demo, scripts/failback, scripts/chaos,
-tests/qemu/colo-startup-race, tests/qemu/ocf-agent):
+scripts/netfaults, tests/qemu/colo-startup-race, tests/qemu/ocf-agent):
 
   util     die, Hang, wait_until, percentiles, per-thread CPU time
   qmp      Monitor: QEMU's own QMP library (qemu.qmp's asyncio QMPClient)
@@ -15,7 +15,7 @@ tests/qemu/colo-startup-race, tests/qemu/ocf-agent):
   trace    TraceLog: the rdma-colo and COLO trace events per checkpoint
   node     Qemu: one QEMU process of ours, started the same way everywhere
   colo     a COLO pair: capabilities, replication, failover, survivor checks
-  demo, failback, chaos
+  demo, failback, netfaults, chaos
            the programs behind the scripts of the same names
 
 Calls go downwards in that list (check-harness-layers in the unit suite

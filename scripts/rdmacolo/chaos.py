@@ -51,7 +51,7 @@ from . import colo, fabric
 from .guest import bootsector, oracle_self_test
 from .node import Qemu
 from .qmp import QemuGone, QmpError
-from .util import TOP, Hang, wait_until, write_secret
+from .util import TOP, Hang, die, wait_until, write_secret
 
 PHASES = ("initial", "checkpoint", "between")
 
@@ -61,9 +61,10 @@ class Pair:
 
     def __init__(self, args, qemu, work, sockdir, disk, n):
         self.tag = f"p{n}"
-        token = write_secret(os.path.join(work, f"{self.tag}-token"))
+        token = self.token = write_secret(os.path.join(work, f"{self.tag}-token"))
         fab = args.fabric
         self.uri = f"rdma-colo:{fab.b.addr}:{args.port + n}?secret=colo-token"
+        self.node = {"primary": fab.a, "secondary": fab.b}
         self.q = {}
         try:
             for side, extra, node in (("secondary", ["-incoming", "defer"], fab.b),
@@ -120,15 +121,58 @@ def fail_over(q, survivor, colo_up, timeout):
     return None
 
 
+# The faults: a signal to the victim QEMU, or (pair topology) its node
+# powered off, or the link between the nodes cut.
+SIGNALS = ("SIGKILL", "SIGSTOP")
+NODE_FAULTS = ("poweroff", "partition")
+
+
+def wait_reports(pair, sides, t0, timeout):
+    """Seconds from @t0 until each of @sides reports its peer gone."""
+    left, took = set(sides), {}
+    deadline = time.monotonic() + timeout
+    while left:
+        for side in sorted(left):
+            if colo.peer_gone(pair.q[side]):
+                took[side] = time.monotonic() - t0
+        left -= set(took)
+        if left and time.monotonic() > deadline:
+            raise Hang(f"the {' and the '.join(sorted(left))} did not report "
+                       f"the fault within {timeout} s")
+        time.sleep(0.02)
+    return took
+
+
+def failback(args, pair, survivor, node, qemu, work, sockdir, disk, n):
+    """Replicate the running @survivor again, to a new secondary on @node
+    over the healed link; the seconds until its second checkpoint."""
+    fresh = Qemu(qemu, f"{pair.tag}-again", work, sockdir, disk=disk,
+                 extra=["-incoming", "defer"],
+                 secrets=[("colo-token", pair.token)],
+                 qmp_timeout=args.timeout, node=node)
+    pair.q["again"] = fresh
+    colo.prepare(fresh, args.channels)
+    colo.primary_parameters(survivor, args.delay, args.background)
+    t0 = time.monotonic()
+    colo.replicate(survivor, fresh,
+                   f"rdma-colo:{node.addr}:{args.port + 500 + n}?secret=colo-token",
+                   args.timeout)
+    for _ in range(2):
+        fresh.mon.wait_event("RESUME", args.timeout)
+    return time.monotonic() - t0
+
+
 def run_point(args, rng, qemu, work, sockdir, disk, n):
     victim = rng.choice(("primary", "secondary"))
-    sig = rng.choice((signal.SIGKILL, signal.SIGSTOP))
+    fault = rng.choice(args.faults)
     phase = rng.choice(PHASES)
     detect = rng.uniform(0, args.detect_ms / 1000)
     survivor = "secondary" if victim == "primary" else "primary"
-    res = {"n": n, "victim": victim, "signal": sig.name, "phase": phase,
+    res = {"n": n, "victim": victim, "fault": fault, "phase": phase,
            "hang": None, "bad": [], "error": None, "takeover": None,
+           "detect": None, "detect_victim": None, "failback": None,
            "note": "", "checked": False}
+    fab = args.fabric
     pair = None
     try:
         pair = Pair(args, qemu, work, sockdir, disk, n)
@@ -150,8 +194,24 @@ def run_point(args, rng, qemu, work, sockdir, disk, n):
                 pair.q["secondary"].mon.wait_event("RESUME", args.timeout)
                 time.sleep(rng.uniform(0, args.delay / 1000))
         colo_up = pair.in_colo()
-        pair.q[victim].signal(sig)
-        time.sleep(detect)
+        t_fault = time.monotonic()
+        if fault in SIGNALS:
+            pair.q[victim].signal(getattr(signal, fault))
+            time.sleep(detect)
+        elif fault == "poweroff":
+            # The victim's host loses power: nothing of it answers again.
+            pair.node[victim].poweroff()
+            res["detect"] = wait_reports(pair, [survivor], t_fault,
+                                         args.timeout)[survivor]
+        else:
+            # The link is cut; both sides must find out by themselves.
+            # Then the cluster manager fences the victim (powers its node
+            # off) and fails over to the survivor.
+            fab.link("cut")
+            took = wait_reports(pair, ["primary", "secondary"], t_fault,
+                                args.timeout)
+            res["detect"], res["detect_victim"] = took[survivor], took[victim]
+            pair.node[victim].poweroff()
 
         q = pair.q[survivor]
         t_fail = time.monotonic()
@@ -164,6 +224,12 @@ def run_point(args, rng, qemu, work, sockdir, disk, n):
         res["checked"] = True
         if not colo_up and survivor == "primary":
             res["note"] += " (fault in the initial copy: primary runs alone)"
+        if fault == "partition" and not res["bad"]:
+            # Heal the link, power the fenced node on, replicate again.
+            fab.link("heal")
+            pair.node[victim].poweron()
+            res["failback"] = failback(args, pair, q, pair.node[victim], qemu,
+                                       work, sockdir, disk, n)
         return res
     except Hang as e:
         res["hang"] = str(e)
@@ -174,6 +240,10 @@ def run_point(args, rng, qemu, work, sockdir, disk, n):
     finally:
         if pair:
             pair.close()
+        if fault in NODE_FAULTS:
+            fab.link("heal")
+            fab.a.poweron()
+            fab.b.poweron()
 
 
 def summary(results, elapsed):
@@ -181,14 +251,20 @@ def summary(results, elapsed):
     bad = sum(1 for r in results if r["bad"])
     checked = sum(1 for r in results if r["checked"])
     errors = sum(1 for r in results if r["error"])
-    times = sorted(r["takeover"] for r in results if r["takeover"] is not None)
-    p50 = times[len(times) // 2] if times else float("nan")
-    mx = times[-1] if times else float("nan")
+
+    def dist(key, what):
+        v = sorted(r[key] for r in results if r[key] is not None)
+        if not v:
+            return ""
+        return f"; {what} p50 {v[len(v) // 2]:.2f} s, max {v[-1]:.2f} s ({len(v)})"
+
     print(f"chaos: {len(results)} points in {elapsed:.0f} s: "
           f"{hangs} hangs, {errors} errors, {bad} inconsistent memories of "
-          f"{checked} checked; failover to a running "
-          f"survivor p50 {p50:.2f} s, max {mx:.2f} s")
-    for key in ("victim", "signal", "phase"):
+          f"{checked} checked" + dist("takeover", "failover to a running survivor")
+          + dist("detect", "survivor's detection (power-off, partition)")
+          + dist("detect_victim", "victim's detection (partition)")
+          + dist("failback", "replicated again over the healed link"))
+    for key in ("victim", "fault", "phase"):
         counts = {}
         for r in results:
             counts[r[key]] = counts.get(r[key], 0) + 1
@@ -204,6 +280,13 @@ def parser():
     ap.add_argument("--delay", type=int, default=500,
                     help="x-checkpoint-delay, ms")
     ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--faults", default=None,
+                    help="comma-separated faults to draw from: SIGKILL, "
+                         "SIGSTOP and, on the pair topology, poweroff (the "
+                         "victim's node) and partition (the link cut, then "
+                         "the victim fenced, the survivor failed over, the "
+                         "link healed and the survivor replicated again); "
+                         "default: all the fabric allows")
     ap.add_argument("--background", action="store_true",
                     help="x-colo-background-sync on: pages also move while "
                     "the VMs run, so 'between' faults hit them in flight")
@@ -224,6 +307,13 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     args.fabric = fabric.Fabric(args.addr)
+    allowed = SIGNALS + (NODE_FAULTS if args.fabric.topology == "pair" else ())
+    args.faults = tuple(args.faults.split(",")) if args.faults else allowed
+    for f in args.faults:
+        if f not in allowed:
+            die(f"fault '{f}' is not one of {', '.join(allowed)} here"
+                + ("" if args.fabric.topology == "pair" else
+                   " (power-off and partition need --topology pair)"))
     qemu, qemu_src = fabric.qemu_paths(args.qemu_build)
     os.makedirs(args.workdir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="chaos-", dir=args.workdir)
@@ -233,7 +323,8 @@ def main(argv=None):
         f.write(bootsector(qemu_src))
     oracle_self_test(sockdir)
     rng = random.Random(args.seed)
-    print(f"chaos: seed {args.seed}, {args.points} points, checkpoint delay "
+    print(f"chaos: seed {args.seed}, {args.points} points, faults "
+          f"{', '.join(args.faults)}, checkpoint delay "
           f"{args.delay} ms, {args.channels} channels"
           f"{', background sync' if args.background else ''}, "
           f"{args.fabric.describe()}; files in {work}")
@@ -250,6 +341,13 @@ def main(argv=None):
                    "INCONSISTENT: " + "; ".join(r["bad"][:3]) if r["bad"] else
                    "ok, memory consistent" if r["checked"] else "ok")
         took = f"{r['takeover']:.2f} s" if r["takeover"] is not None else "-"
-        print(f"  {n:3d}  {r['signal']:7s} {r['victim']:9s} {r['phase']:10s} "
-              f"failover {took:>7s}  {verdict}{r['note']}", flush=True)
+        seen = "".join(
+            f", {who} saw it after {r[k]:.2f} s" for who, k in
+            (("survivor", "detect"), ("victim", "detect_victim"))
+            if r[k] is not None)
+        back = (f", replicated again in {r['failback']:.1f} s"
+                if r["failback"] is not None else "")
+        print(f"  {n:3d}  {r['fault']:9s} {r['victim']:9s} {r['phase']:10s} "
+              f"failover {took:>7s}  {verdict}{r['note']}{seen}{back}",
+              flush=True)
     return summary(results, time.monotonic() - t_start)

@@ -89,6 +89,17 @@ def fail_over(q, timeout):
                lambda: q.cmd("query-status")["running"], timeout)
 
 
+def peer_gone(q):
+    """Whether @q has reported its peer gone: a COLO_EXIT event, an error
+    on its rdma-colo session (a primary whose COLO thread only waits), or
+    a migration that failed (the initial copy)."""
+    if any(e["event"] == "COLO_EXIT" for e in q.mon.events()):
+        return True
+    st = q.cmd("query-migrate")
+    return (bool(st.get("rdma-colo", {}).get("error"))
+            or st.get("status") in ("failed", "cancelled"))
+
+
 def check_memory(q, dumpdir, timeout):
     """The survivor @q runs, its guest progresses, and its memory is one
     consistent state (problems, [] if none)."""

@@ -115,12 +115,8 @@ def wait_checkpoints(secondary, k, timeout):
 
 def detect(survivor, t_kill, timeout):
     """Seconds until the survivor reports its peer gone."""
-    def gone():
-        if any(e["event"] == "COLO_EXIT" for e in survivor.mon.events()):
-            return True
-        st = survivor.cmd("query-migrate")
-        return bool(st.get("rdma-colo", {}).get("error")) or st.get("status") == "failed"
-    wait_until(f"{survivor.name} noticing its peer's death", gone, timeout)
+    wait_until(f"{survivor.name} noticing its peer's death",
+               lambda: colo.peer_gone(survivor), timeout)
     return time.monotonic() - t_kill
 
 

@@ -51,6 +51,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(u.channels == v.channels && u.depth == v.depth);
         FUZZ_CHECK(u.timeout_ms == v.timeout_ms && u.flags == v.flags);
         FUZZ_CHECK(!strcmp(u.secret_id, v.secret_id));
+        /* The fabric path and the QP timing survive formatting too. */
+        FUZZ_CHECK(!strcmp(u.source, v.source) && !strcmp(u.device, v.device));
+        FUZZ_CHECK(u.ib_port == v.ib_port && u.gid_index == v.gid_index &&
+                   u.tos == v.tos);
+        FUZZ_CHECK(u.ack_timeout == v.ack_timeout &&
+                   u.retry_count == v.retry_count);
+        FUZZ_CHECK(u.ack_timeout <= RCOLO_MAX_ACK_TIMEOUT &&
+                   u.retry_count <= 7);
     } else {
         const char *val = NULL;
         size_t n = token_value(text, &val);

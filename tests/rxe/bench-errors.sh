@@ -7,7 +7,8 @@
 # not use.  Runs under scripts/with-rxe.
 set -u
 bench=$(realpath "${1:?usage: bench-errors.sh RDMA-COLO-BENCH}")
-addr=${RDMA_COLO_TEST_ADDR:?run under scripts/with-rxe}
+# The secondary's address: the other node's on the pair topology.
+addr=${RDMA_COLO_TEST_PEER_ADDR:-${RDMA_COLO_TEST_ADDR:?run under scripts/with-rxe}}
 fail=0
 expect() { # NAME RC OUTPUT PATTERN
     if [ "$2" -ne 0 ] && grep -qE "$4" <<<"$3"; then

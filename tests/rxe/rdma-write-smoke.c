@@ -25,6 +25,8 @@
 #include <unistd.h>
 
 #include <rdma/rdma_cma.h>
+
+#include "check.h"
 #include <rdma/rdma_verbs.h>
 
 #define BUF_LEN     (4u << 20)
@@ -302,7 +304,9 @@ static int run_primary(const char *addr, uint16_t port, uint64_t seed,
 int main(void)
 {
     const char *dev = getenv("RDMA_COLO_TEST_DEV");
-    const char *addr = getenv("RDMA_COLO_TEST_ADDR");
+    /* The secondary's address: the other node's on the pair topology. */
+    const char *addr = peer_addr();
+    long long link0 = link_tx_bytes();
     uint64_t seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
     int fds[2];
     int num_devices = 0;
@@ -355,6 +359,16 @@ int main(void)
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "%s: secondary failed (status 0x%x)\n", prog, status);
         rc = 1;
+    }
+    if (link0 >= 0) {
+        long long link = link_tx_bytes() - link0;
+
+        printf("%s: the link from %s carried %lld bytes for the %u "
+               "RDMA-written\n",
+               prog, getenv("RDMA_COLO_TEST_NETDEV"), link, BUF_LEN);
+        if (link < BUF_LEN) {
+            rc = 1;
+        }
     }
     printf("%s: %s\n", prog, rc == 0 ? "PASS" : "FAIL");
     return rc;

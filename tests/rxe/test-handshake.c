@@ -541,7 +541,9 @@ static void part_primary(void)
 int main(void)
 {
     check_prog = "test-handshake";
-    addr = getenv("RDMA_COLO_TEST_ADDR");
+    /* The secondaries (real and fake) on the other node on the pair
+     * topology; the hostile clients connect to them from this one. */
+    addr = peer_addr();
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     alarm(300);
     part_secondary();

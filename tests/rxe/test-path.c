@@ -34,14 +34,16 @@
 #define TIMEOUT_MS 20000
 #define TOS        106 /* DSCP AF31 (26) << 2 | ECT(0): a RoCE v2 setting */
 
-static const char *addr, *dev, *netdev;
+/* The primary's node, and the secondary's (the other node on with-rxe's
+ * pair topology, the same on loopback). */
+static const char *addr, *dev, *netdev, *peer, *peer_dev, *peer_netdev;
 
 static void parse(struct rcolo_uri *uri, const char *port, const char *opts)
 {
     char text[512];
     struct rcolo_error err = {0};
 
-    snprintf(text, sizeof(text), "rdma-colo:%s:%s?token=path-test%s%s", addr,
+    snprintf(text, sizeof(text), "rdma-colo:%s:%s?token=path-test%s%s", peer,
              port, *opts ? "&" : "", opts);
     CHECK(rcolo_uri_parse(text, uri, &err) == 0, "%s: %s", text, err.message);
 }
@@ -98,8 +100,8 @@ static int secondary_main(int port_fd, const struct secondary *a)
     close(port_fd);
     CHECK(rcolo_accept(s, TIMEOUT_MS, &err) == 0, "accept: %s", err.message);
     CHECK(rcolo_session_get_path(s, &p) == 0, "secondary's path");
-    CHECK(!strcmp(p.device, dev) && p.port == 1, "secondary on %s:%u", p.device,
-          p.port);
+    CHECK(!strcmp(p.device, peer_dev) && p.port == 1, "secondary on %s:%u",
+          p.device, p.port);
     /* The CM request carries the traffic class: the answers use it. */
     CHECK(p.traffic_class == a->tos,
           "secondary's QP has traffic class %u, expected %u", p.traffic_class,
@@ -299,7 +301,8 @@ static const char *non_rdma_address(char *buf, size_t size)
     CHECK(getifaddrs(&ifa) == 0, "getifaddrs");
     for (i = ifa; i; i = i->ifa_next) {
         if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET &&
-            strcmp(i->ifa_name, "lo") && strcmp(i->ifa_name, netdev)) {
+            strcmp(i->ifa_name, "lo") && strcmp(i->ifa_name, netdev) &&
+            strcmp(i->ifa_name, peer_netdev)) {
             inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr,
                       buf, (socklen_t)size);
             found = buf;
@@ -324,6 +327,16 @@ int main(void)
     dev = getenv("RDMA_COLO_TEST_DEV");
     netdev = getenv("RDMA_COLO_TEST_NETDEV");
     CHECK(addr && dev && netdev, "run under scripts/with-rxe");
+    peer = getenv("RDMA_COLO_TEST_PEER_ADDR")
+               ? getenv("RDMA_COLO_TEST_PEER_ADDR")
+               : addr;
+    peer_dev = getenv("RDMA_COLO_TEST_PEER_DEV")
+                   ? getenv("RDMA_COLO_TEST_PEER_DEV")
+                   : dev;
+    peer_netdev = getenv("RDMA_COLO_TEST_PEER_NETDEV")
+                      ? getenv("RDMA_COLO_TEST_PEER_NETDEV")
+                      : netdev;
+    bool pair = strcmp(peer_dev, dev) != 0;
 
     /* Without tos= the traffic class is 0: a session with the option gets its
      * value. */
@@ -333,10 +346,10 @@ int main(void)
     /* source=, device=, ib-port=, tos= on a real session. */
     snprintf(opts, sizeof(opts), "source=%s&device=%s&ib-port=1&tos=%d", addr,
              dev, TOS);
-    snprintf(sopts, sizeof(sopts), "device=%s&ib-port=1", dev);
+    snprintf(sopts, sizeof(sopts), "device=%s&ib-port=1", peer_dev);
     p = session_with(opts, sopts, TOS);
-    CHECK(!strcmp(p.local, addr) && !strcmp(p.remote, addr),
-          "path %s -> %s, expected from %s", p.local, p.remote, addr);
+    CHECK(!strcmp(p.local, addr) && !strcmp(p.remote, peer),
+          "path %s -> %s, expected %s -> %s", p.local, p.remote, addr, peer);
     CHECK(!strcmp(p.device, dev) && p.port == 1, "path on %s:%u", p.device,
           p.port);
     CHECK(p.traffic_class == TOS, "traffic class %u, expected %d",
@@ -348,7 +361,9 @@ int main(void)
 
     /* gid-index=: the GID holding the address is the one used. */
     find_gids(&v4, &v6);
-    snprintf(opts, sizeof(opts), "gid-index=%d", v4);
+    /* (On the pair topology the host has two devices: device= too.) */
+    snprintf(opts, sizeof(opts), "gid-index=%d%s%s", v4, pair ? "&device=" : "",
+             pair ? dev : "");
     p = session_with(opts, "", 0);
     CHECK((int)p.gid_index == v4 && !strcmp(p.local, addr),
           "gid-index=%d: GID %u, from %s", v4, p.gid_index, p.local);
@@ -377,30 +392,46 @@ int main(void)
     refused(false, "tos=5", "choose the primary's path");
     refused(false, "source=127.0.0.1", "choose the primary's path");
     other_addr = non_rdma_address(other, sizeof(other));
-    if (other_addr) {
+    if (!other_addr) {
+        printf("test-path: every IPv4 address here is on an RDMA device: "
+               "source= of a netdev without one not tried\n");
+    } else {
         snprintf(opts, sizeof(opts), "source=%s", other_addr);
         snprintf(needle, sizeof(needle), "cannot resolve the route from %s",
                  other_addr);
         refused(true, opts, needle);
     }
 
-    /* A second device: a route through rxe0 is not device=rxe1's. */
-    if (getenv("RDMA_COLO_FABRIC") &&
-        !strcmp(getenv("RDMA_COLO_FABRIC"), "vm") && other_addr) {
-        CHECK(system("rdma link add rxe1 type rxe netdev veth1") == 0,
-              "rdma link add rxe1");
+    /*
+     * A second device: a route through one is not device= of the other.
+     * On the pair topology it is the other node's; on loopback in the
+     * micro-VM the test makes rxe1 on veth1 for it.
+     */
+    bool vm =
+        getenv("RDMA_COLO_FABRIC") && !strcmp(getenv("RDMA_COLO_FABRIC"), "vm");
+    if (pair || (vm && other_addr)) {
+        const char *other_dev = pair ? peer_dev : "rxe1";
+        /* The device the secondary must not name: not its own. */
+        const char *not_peer = pair ? dev : "rxe1";
+
+        if (!pair) {
+            CHECK(system("rdma link add rxe1 type rxe netdev veth1") == 0,
+                  "rdma link add rxe1");
+        }
+        snprintf(opts, sizeof(opts), "device=%s", other_dev);
         snprintf(needle, sizeof(needle),
                  "the route to %s goes through RDMA device %s port 1, not "
-                 "device=rxe1",
-                 addr, dev);
-        refused(true, "device=rxe1", needle);
+                 "device=%s",
+                 peer, dev, other_dev);
+        refused(true, opts, needle);
+        snprintf(opts, sizeof(opts), "device=%s", not_peer);
         snprintf(
             needle, sizeof(needle),
             "the listen address %s goes through RDMA device %s port 1, not "
-            "device=rxe1 (the path follows the IP route: listen on an "
+            "device=%s (the path follows the IP route: listen on an "
             "address of that device)",
-            addr, dev);
-        refused(false, "device=rxe1", needle);
+            peer, peer_dev, not_peer);
+        refused(false, opts, needle);
         refused(true, "gid-index=0",
                 "gid-index= needs device= on a host with "
                 "several RDMA devices");
@@ -408,15 +439,18 @@ int main(void)
         p = session_with(opts, "", 0);
         CHECK((int)p.gid_index == v4, "gid-index with device=: GID %u",
               p.gid_index);
-        CHECK(system("rdma link delete rxe1") == 0, "rdma link delete rxe1");
-        printf("test-path: with a second device rxe1 on veth1: device=rxe1 "
-               "refused on both sides for the route through %s; gid-index= "
-               "needs device=, and with it used GID %d\n",
-               dev, v4);
+        if (!pair) {
+            CHECK(system("rdma link delete rxe1") == 0,
+                  "rdma link delete rxe1");
+        }
+        printf("test-path: with a second device %s: device=%s refused for "
+               "the route through %s, device=%s for the listen address on "
+               "%s; gid-index= needs device=, and with it used GID %d\n",
+               other_dev, other_dev, dev, not_peer, peer_dev, v4);
     }
-    printf("test-path: fabric path options verified on %s (%s): source=, "
-           "gid-index=, tos=, device=, ib-port= used by real sessions, and "
-           "each wrong value refused with its name\n",
-           dev, addr);
+    printf("test-path: fabric path options verified from %s (%s) to %s (%s): "
+           "source=, gid-index=, tos=, device=, ib-port= used by real "
+           "sessions, and each wrong value refused with its name\n",
+           dev, addr, peer_dev, peer);
     return 0;
 }

@@ -74,7 +74,7 @@ static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
 {
     char text[512];
     struct rcolo_error err = {0};
-    const char *addr = getenv("RDMA_COLO_TEST_ADDR");
+    const char *addr = peer_addr();
 
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     /* Every session is authenticated, as users run it. */
@@ -600,6 +600,7 @@ static void fence_all_channels(struct primary *p, unsigned k)
 static int test_replicate(bool background)
 {
     char port[8];
+    long long link0 = link_tx_bytes();
     pid_t child = fork_secondary(port, sizeof(port), "s3cret", false);
     struct primary *p = connect_primary(port, "s3cret");
     uint64_t rng = 0x1234567;
@@ -728,6 +729,17 @@ static int test_replicate(bool background)
           st.regions, st.registered_bytes, MAIN_LEN);
     int rc = wait_child(child);
     CHECK(rc == 0, "secondary exited %d", rc);
+    /* On the pair topology every byte RDMA-written crossed the link. */
+    long long link = link0 < 0 ? -1 : link_tx_bytes() - link0;
+    CHECK(link < 0 || (uint64_t)link >= st.total.bytes,
+          "the link carried %lld bytes for %" PRIu64 " RDMA-written", link,
+          st.total.bytes);
+    if (link >= 0) {
+        printf("test-transport %s: the link from %s carried %lld bytes, "
+               "%.2f x the %" PRIu64 " RDMA-written\n",
+               test_name, getenv("RDMA_COLO_TEST_NETDEV"), link,
+               (double)link / (double)st.total.bytes, st.total.bytes);
+    }
     printf("test-transport %s: device %s: %u checkpoints over %d "
            "channels (random, runs, zero, empty, 2 MiB, hot-set pages%s): "
            "%" PRIu64 " pages dirtied, %" PRIu64 " bytes RDMA-written in "

@@ -177,8 +177,35 @@ static void test_fabric_path(void **state)
     bad("rdma-colo:h:1?tos=0x68", "tos must be");
     bad("rdma-colo:h:1?source=10.0.0.1&gid-index=3",
         "give source= or gid-index=, not both");
-    bad("rdma-colo:h:1?port=2", "unknown option 'port' (known: channels, "
-                                "depth, device, gid-index, ib-port");
+    bad("rdma-colo:h:1?port=2", "unknown option 'port' (known: ack-timeout, "
+                                "channels, depth, device, gid-index, ib-port");
+}
+
+/* QP timing: the ACK timeout exponent and the retry count, with bounds,
+ * defaults (0: the library's) and a round trip. */
+static void test_qp_timing(void **state)
+{
+    struct rcolo_uri u;
+    char text[512];
+
+    assert_int_equal(rcolo_uri_parse("rdma-colo:h:1", &u, NULL), 0);
+    assert_int_equal(u.ack_timeout, 0);
+    assert_int_equal(u.retry_count, 0);
+    assert_int_equal(
+        rcolo_uri_parse("rdma-colo:h:1?ack-timeout=18&retry-count=3", &u, NULL),
+        0);
+    assert_int_equal(u.ack_timeout, 18);
+    assert_int_equal(u.retry_count, 3);
+    assert_true(rcolo_uri_format(&u, text, sizeof(text)) > 0);
+    assert_non_null(strstr(text, "&ack-timeout=18&retry-count=3"));
+    bad("rdma-colo:h:1?ack-timeout=0", "ack-timeout must be given once, 1..31");
+    bad("rdma-colo:h:1?ack-timeout=32",
+        "ack-timeout must be given once, 1..31");
+    bad("rdma-colo:h:1?ack-timeout=14&ack-timeout=14", "ack-timeout must be");
+    bad("rdma-colo:h:1?retry-count=0", "retry-count must be given once, 1..7");
+    bad("rdma-colo:h:1?retry-count=8", "retry-count must be given once, 1..7");
+    printf("QP timing: ack-timeout 1..31 and retry-count 1..7 parsed, "
+           "defaulted, formatted back; out of range refused\n");
 }
 
 static void test_timeout(void **state)
@@ -335,8 +362,9 @@ static void test_option_table(void **state)
     unsigned n = 0, seen = 0;
 
     assert_true(rcolo_uri_option_names(0, all, sizeof(all)) > 0);
-    assert_string_equal(all, "channels, depth, device, gid-index, ib-port, "
-                             "insecure, secret, source, timeout, token, tos");
+    assert_string_equal(all, "ack-timeout, channels, depth, device, gid-index, "
+                             "ib-port, insecure, retry-count, secret, source, "
+                             "timeout, token, tos");
     for (char *name = strtok(strcpy(some, all), ", "); name;
          name = strtok(NULL, ", ")) {
         unsigned bit = rcolo_uri_option(name, strlen(name));
@@ -344,15 +372,16 @@ static void test_option_table(void **state)
         seen |= bit;
         n++;
     }
-    assert_int_equal(n, 11);
+    assert_int_equal(n, 13);
     assert_int_equal(rcolo_uri_option("chan", 4), 0);
     assert_int_equal(rcolo_uri_option("channelsx", 9), 0);
     assert_int_equal(rcolo_uri_option("token=abc", 5), RCOLO_URI_OPT_TOKEN);
     assert_true(
         rcolo_uri_option_names(RCOLO_URI_OPT_CHANNELS | RCOLO_URI_OPT_INSECURE,
                                some, sizeof(some)) > 0);
-    assert_string_equal(some, "depth, device, gid-index, ib-port, secret, "
-                              "source, timeout, token, tos");
+    assert_string_equal(some, "ack-timeout, depth, device, gid-index, ib-port, "
+                              "retry-count, secret, source, timeout, token, "
+                              "tos");
     assert_int_equal(rcolo_uri_option_names(0, some, 10), -ENOSPC);
     snprintf(text, sizeof(text), "rdma-colo:10.0.0.1:1?bogus=1");
     assert_int_equal(rcolo_uri_parse(text, &u, &err), -EINVAL);
@@ -380,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_refuses_no_token),
         cmocka_unit_test(test_token_redacted),
         cmocka_unit_test(test_option_table),
+        cmocka_unit_test(test_qp_timing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
