@@ -21,8 +21,8 @@
 
 /*
  * Connection parameters of every connection, both sides.  Retries:
- * retry-count= for transport errors (default 7, the most the field
- * holds), 6 for RNR (7 would retry forever).
+ * retry-count= for transport errors (default 6: rxe retries forever with
+ * 7), 6 for RNR (7 would retry forever).
  */
 static struct rdma_conn_param conn_param(const struct rcolo_session *s,
                                          const void *pdata, size_t len)

@@ -61,10 +61,13 @@ extern "C" {
 #define RCOLO_MAX_TIMEOUT_MS     3600000
 #define RCOLO_DEFAULT_TIMEOUT_MS 5000
 /* QP timing (since 0.8): the local ACK timeout, 4.096 us * 2^N (14: about
- * 67 ms), and how often a work request is sent again before it fails. */
+ * 67 ms), and how often a work request is sent again before it fails.  Not
+ * 7, the field's most: soft-RoCE (rxe) takes 7 as "retry forever", as the
+ * spec does only for RNR, and a cut link would then never fail a work
+ * request (measured: docs/protocol.md). */
 #define RCOLO_DEFAULT_ACK_TIMEOUT 14
 #define RCOLO_MAX_ACK_TIMEOUT     31
-#define RCOLO_DEFAULT_RETRY_COUNT 7
+#define RCOLO_DEFAULT_RETRY_COUNT 6
 
 struct rcolo_error {
     int code; /* negative errno, as returned */
@@ -123,10 +126,14 @@ struct rcolo_error {
  *                      RCOLO_DEFAULT_ACK_TIMEOUT: the local ACK timeout,
  *                      4.096 us * 2^N; longer links or lossy fabrics want
  *                      more)
- *          retry-count=N (1..7, default 7: sends of a work request before
- *                      it fails with a retry error)
+ *          retry-count=N (1..7, default 6: times a work request is sent
+ *                      again before it fails with a retry error; rxe
+ *                      never fails one with 7)
  *   A work request in flight across a cut link fails after about
- *   (retry-count + 1) * 4.096 us * 2^ack-timeout (0.54 s by default);
+ *   (retry-count + 1) * 4.096 us * 2^ack-timeout (0.47 s by default); an
+ *   idle session's next keepalive, at most timeout/4 later, is one: a
+ *   partition ends the session in about timeout/4 + 0.5 s (1.7 s by
+ *   default), at the latest after timeout= (+ a quarter).
  *   docs/protocol.md has the measured times.
  *
  * Errors quote the URI with the token's value replaced by "***"; nothing in

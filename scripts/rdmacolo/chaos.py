@@ -241,9 +241,12 @@ def run_point(args, rng, qemu, work, sockdir, disk, n):
         if pair:
             pair.close()
         if fault in NODE_FAULTS:
-            fab.link("heal")
-            fab.a.poweron()
-            fab.b.poweron()
+            try:
+                fab.link("heal")
+                fab.a.poweron()
+                fab.b.poweron()
+            except RuntimeError as e:
+                res["error"] = res["error"] or f"cannot restore the fabric: {e}"
 
 
 def summary(results, elapsed):

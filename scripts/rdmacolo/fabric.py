@@ -23,6 +23,15 @@ from .util import TOP, die
 RXE_PAIR = os.path.join(TOP, "scripts", "rxe-pair")
 
 
+def rxe_pair(*args):
+    """scripts/rxe-pair ARGS; its output, or RuntimeError with its error."""
+    p = subprocess.run([RXE_PAIR] + list(args), capture_output=True, text=True)
+    if p.returncode:
+        raise RuntimeError(f"rxe-pair {' '.join(args)}: "
+                           f"{(p.stderr or p.stdout).strip()}")
+    return p.stdout
+
+
 class Node:
     def __init__(self, fabric, name, addr, dev, netdev):
         self.fabric, self.name = fabric, name
@@ -36,11 +45,11 @@ class Node:
 
     def poweroff(self):
         self.fabric.need_pair("a power-off")
-        subprocess.run([RXE_PAIR, "poweroff", self.name], check=True)
+        rxe_pair("poweroff", self.name)
 
     def poweron(self):
         self.fabric.need_pair("a power-on")
-        subprocess.run([RXE_PAIR, "poweron", self.name], check=True)
+        rxe_pair("poweron", self.name)
 
     def __repr__(self):
         return f"node {self.name.upper()} ({self.dev} at {self.addr})"
@@ -82,15 +91,14 @@ class Fabric:
     def link(self, *args):
         """rxe-pair link ARGS (degrade NETEM..., clean, cut, heal)."""
         self.need_pair("the link")
-        subprocess.run([RXE_PAIR, "link"] + list(args), check=True)
+        rxe_pair("link", *args)
 
     def counters(self):
         """The link's counters (bytes_a_to_b, ...) and the rxe devices'; {}
         on loopback, where nothing crosses a link."""
         if self.topology != "pair":
             return {}
-        out = subprocess.run([RXE_PAIR, "counters"], check=True,
-                             capture_output=True, text=True).stdout
+        out = rxe_pair("counters")
         return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
 
     def describe(self):
