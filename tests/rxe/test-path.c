@@ -377,9 +377,12 @@ int main(void)
     refused(true, opts, needle);
     refused(false, opts, needle);
     snprintf(needle, sizeof(needle), "port 1 has no GID at index 255");
-    refused(true, "gid-index=255", needle);
+    snprintf(opts, sizeof(opts), "gid-index=255%s%s", pair ? "&device=" : "",
+             pair ? dev : "");
+    refused(true, opts, needle);
     if (v6 >= 0) {
-        snprintf(opts, sizeof(opts), "gid-index=%d", v6);
+        snprintf(opts, sizeof(opts), "gid-index=%d%s%s", v6,
+                 pair ? "&device=" : "", pair ? dev : "");
         refused(true, opts, "an IPv6 address; the secondary's is IPv4");
     } else {
         printf("test-path: %s has no IPv6 GID: family check not reached\n",
