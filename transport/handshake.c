@@ -328,12 +328,13 @@ static int connect_resolve(struct rcolo_session *s,
     return ret ? ret : rcolo_regions_attach(s, (*pid)->verbs, err);
 }
 
-/* What a REQ's QP number is when the REQ has no QP: a HELLO is always
- * rejected, so nothing ever uses it. */
-#define HELLO_QP_NUM 0xc0100
-
 /* Send the REQ, wait for ESTABLISHED, move the id onto the session's
- * event channel.  A refusal fills @rej (reason 0 if it was not ours). */
+ * event channel.  A refusal fills @rej (reason 0 if it was not ours).
+ * Every REQ has a QP of its own, a HELLO's too: the CM of the peer keys
+ * connections by (QP number, device), and two REQs from one device with
+ * one QP number look like a stale connection, which it rejects and
+ * disconnects (a fixed number for every HELLO broke concurrent handshakes
+ * from one host). */
 static int connect_finish(struct rcolo_session *s,
                           struct rdma_event_channel *pch, struct rdma_cm_id *id,
                           const struct rcolo_req *req, struct rcolo_rep *rep,
@@ -347,18 +348,14 @@ static int connect_finish(struct rcolo_session *s,
         conn_param(s, req_buf, rcolo_req_encode(req, req_buf, sizeof(req_buf)));
     int ret;
 
-    param.qp_num = id->qp ? 0 : HELLO_QP_NUM;
-
+    assert(id->qp);
     memset(rej, 0, sizeof(*rej));
     if (rdma_connect(id, &param)) {
         return rcolo_set_error(err, -errno, "rdma_connect: %s",
                                strerror(errno));
     }
-    /* Without a QP, an accept is reported as CONNECT_RESPONSE. */
-    ret = rcolo_cm_wait(pch,
-                        id->qp ? RDMA_CM_EVENT_ESTABLISHED
-                               : RDMA_CM_EVENT_CONNECT_RESPONSE,
-                        deadline, &s->core, reply, &reply_len, err);
+    ret = rcolo_cm_wait(pch, RDMA_CM_EVENT_ESTABLISHED, deadline, &s->core,
+                        reply, &reply_len, err);
     if (ret == -ECONNREFUSED) {
         if (rcolo_rej_decode(reply, reply_len, rej) < 0) {
             return rcolo_set_error(err, -ECONNREFUSED,
@@ -383,7 +380,7 @@ static int connect_finish(struct rcolo_session *s,
     if (ret) {
         return ret;
     }
-    if (!id->qp) {
+    if (req->role == RCOLO_CONN_HELLO) {
         return rcolo_set_error(err, -EPROTO,
                                "%s:%s accepted a connection that asked for "
                                "a challenge (not an rdma-colo secondary?)",
@@ -401,7 +398,7 @@ static int connect_finish(struct rcolo_session *s,
 }
 
 /* Primary: ask the secondary for a challenge (a HELLO it always refuses,
- * on a throw-away id without a QP). */
+ * on a throw-away id with a throw-away QP). */
 static int request_challenge(struct rcolo_session *s,
                              uint8_t snonce[RCOLO_NONCE_LEN], int64_t deadline,
                              struct rcolo_error *err)
@@ -412,11 +409,15 @@ static int request_challenge(struct rcolo_session *s,
         .version = RCOLO_PROTOCOL_VERSION,
         .role = RCOLO_CONN_HELLO,
     };
+    struct rcolo_qp_res res = {0};
     struct rcolo_rej rej;
     struct rcolo_rep rep;
     int ret;
 
     ret = connect_resolve(s, &pch, &id, deadline, err);
+    if (ret == 0) {
+        ret = rcolo_qp_create(id, s->pd, &res, 1, 1, err);
+    }
     if (ret == 0) {
         ret = connect_finish(s, pch, id, &req, &rep, &rej, deadline, err);
         if (ret == 0) {
@@ -427,6 +428,7 @@ static int request_challenge(struct rcolo_session *s,
         }
     }
     if (id) {
+        rcolo_qp_destroy(id, &res);
         rdma_destroy_id(id);
     }
     if (pch) {

@@ -163,7 +163,7 @@ static int rdma_colo_send_prepare(MultiFDSendParams *p, Error **errp)
                             pages->normal_num, offsets + pages->normal_num,
                             pages->num - pages->normal_num);
     if (ret < 0) {
-        rdma_colo_set_error(errp, rioc->sess->rs, ret, "RDMA write");
+        rdma_colo_set_error(errp, rioc->sess, ret, "RDMA write");
         return -1;
     }
     /*
@@ -216,7 +216,7 @@ static int rdma_colo_send_sync(MultiFDSendParams *p, Error **errp)
         return -1;
     }
     if (ret < 0) {
-        rdma_colo_set_error(errp, rioc->sess->rs, ret, "fence");
+        rdma_colo_set_error(errp, rioc->sess, ret, "fence");
         return -1;
     }
     rdma_colo_fence_latency_record(rioc->sess, get_clock() - start);
@@ -247,7 +247,7 @@ static int rdma_colo_sync_local(MultiFDSendParams *p, Error **errp)
         ret = rcolo_channel_fence_wait(rioc->ch, RDMA_COLO_FENCE_TIMEOUT_MS);
     }
     if (ret < 0) {
-        rdma_colo_set_error(errp, rioc->sess->rs, ret, "barrier");
+        rdma_colo_set_error(errp, rioc->sess, ret, "barrier");
         return -1;
     }
     return 0;
@@ -376,7 +376,7 @@ void *rdma_colo_multifd_recv_thread(void *opaque)
             error_setg(&local_err, "rdma-colo: multifd channel %d: %s",
                        rioc->index, err.message);
         } else {
-            rdma_colo_set_error(&local_err, sess->rs, ret, "multifd channel");
+            rdma_colo_set_error(&local_err, sess, ret, "multifd channel");
         }
     }
     if (local_err) {

@@ -7,6 +7,7 @@
 
 #include "qemu/osdep.h"
 #include "qapi/error.h"
+#include "qemu/error-report.h"
 #include "io/channel-util.h"
 #include "io/channel-watch.h"
 #include "qemu/cutils.h"
@@ -94,11 +95,21 @@ void rdma_colo_session_unref(RdmaColoSession *sess)
     g_atomic_rc_box_release_full(sess, rdma_colo_session_clear);
 }
 
-void rdma_colo_set_error(Error **errp, struct rcolo_session *rs, int ret,
+void rdma_colo_set_error(Error **errp, RdmaColoSession *sess, int ret,
                          const char *what)
 {
+    struct rcolo_session *rs = sess ? sess->rs : NULL;
     const char *why = rs ? rcolo_session_error(rs) : "";
 
+    /*
+     * COLO reports a failed stream as "Can't send COLO message" with the
+     * QEMUFile's errno, and multifd keeps only the first error: say once
+     * why the session itself failed (not when this side ended it).
+     */
+    if (rs && *why && rcolo_session_status(rs) != -ESHUTDOWN &&
+        !qatomic_xchg(&sess->failure_reported, true)) {
+        error_report("rdma-colo: the session failed: %s", why);
+    }
     error_setg(errp, "rdma-colo: %s: %s", what,
                *why ? why : strerror(-ret));
 }
@@ -186,7 +197,7 @@ static ssize_t qio_channel_rdma_colo_readv(QIOChannel *ioc,
             if (done) {
                 return done;
             }
-            rdma_colo_set_error(errp, rioc->sess->rs, n, "stream read");
+            rdma_colo_set_error(errp, rioc->sess, n, "stream read");
             return -1;
         }
         done += n;
@@ -216,7 +227,7 @@ static ssize_t qio_channel_rdma_colo_writev(QIOChannel *ioc,
      */
     n = rcolo_stream_writev(rioc->sess->rs, iov, niov, false);
     if (n < 0) {
-        rdma_colo_set_error(errp, rioc->sess->rs, n, "stream write");
+        rdma_colo_set_error(errp, rioc->sess, n, "stream write");
         return -1;
     }
     return n;

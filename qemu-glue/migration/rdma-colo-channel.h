@@ -45,6 +45,8 @@ typedef struct RdmaColoSession {
     QemuMutex stats_lock;
     int64_t fence_ns[RDMA_COLO_FENCE_SAMPLES];
     uint64_t fences_recorded;
+    /* the session's failure was reported (once, by rdma_colo_set_error) */
+    bool failure_reported;
 } RdmaColoSession;
 
 #define TYPE_QIO_CHANNEL_RDMA_COLO "qio-channel-rdma-colo"
@@ -82,7 +84,7 @@ void rdma_colo_session_foreach(enum rcolo_role role,
  * -1 is the stream, 0.. a multifd data channel.
  */
 QIOChannelRdmaColo *rdma_colo_channel_new(RdmaColoSession *sess, int index);
-void rdma_colo_set_error(Error **errp, struct rcolo_session *rs, int ret,
+void rdma_colo_set_error(Error **errp, RdmaColoSession *sess, int ret,
                          const char *what);
 void rdma_colo_region_name(const char *idstr, char *name, size_t size);
 bool qio_channel_is_rdma_colo(QIOChannel *ioc);

@@ -4,7 +4,7 @@ the same run.
 
     scripts/with-rxe --topology pair -- scripts/netfaults [--conditions L]
         [--bench-size 256M] [--bench-dirty 16M] [--bench-checkpoints 5]
-        [--checkpoints 5] [--delay 500]
+        [--checkpoints 5] [--delay 500] [--uri-options OPTS]
 
 For each link condition (netem on both directions of the pair topology's
 link: loss, delay, reorder, duplicate, corrupt; "clean" first), in turn:
@@ -20,7 +20,14 @@ link: loss, delay, reorder, duplicate, corrupt; "clean" first), in turn:
          chaos oracle);
 
 with the link's and the rxe devices' counters (retransmissions, sequence
-errors) over both.  A corrupted packet must be dropped by the receiver's
+errors, work requests that ran out of retries) over both.  A degraded link
+may end the COLO session: RC retransmits a lost packet retry-count times
+(6 by default: `retry-count=` in --uri-options, 7 never gives up on rxe)
+and soft-RoCE counts every go-back-N round without a positive ACK as one,
+so at 1 % loss a long burst of RDMA WRITEs can run out of them.  That is
+accepted on a degraded link (not on the clean one) if the primary named
+the cause within --timeout; it then takes over and its guest memory must
+be consistent (docs/protocol.md, "Detection times").  A corrupted packet must be dropped by the receiver's
 ICRC check and sent again: the bench's verification would see anything
 else.  It prints a table with each condition's figures and their ratio to
 the clean link's, and exits 1 if any checkpoint was not verified or any
@@ -85,12 +92,32 @@ def run_bench(args, tmp, label):
             "bytes": nbytes}
 
 
+def session_end(primary):
+    """Why the primary's rdma-colo session ended, or None while it runs:
+    its session's error, or the failed initial copy's."""
+    st = primary.cmd("query-migrate")
+    err = st.get("rdma-colo", {}).get("error")
+    if err:
+        return err
+    if st.get("status") in ("failed", "cancelled"):
+        return st.get("error-desc", "the migration " + st["status"])
+    return None
+
+
 def run_colo(args, qemu, work, sockdir, disk, label, port):
     """Pauses (ms) of K checkpoints of a COLO pair across the link, then a
-    failover to the secondary; (pauses, problems with its memory)."""
+    failover to the secondary: (pauses, problems with its memory, None).
+
+    A link this bad may end the session (RC gives up on a packet after
+    retry-count retries): then the primary must have named the cause, it
+    takes over (the cluster manager's choice when the pair lost each other
+    but the primary still runs) and its memory must be consistent:
+    (pauses, problems, (seconds into the run, the cause))."""
     fab = args.fabric
     token = write_secret(os.path.join(work, f"{label}-token"))
     uri = f"rdma-colo:{fab.b.addr}:{port}?secret=colo-token"
+    if args.uri_options:
+        uri += "&" + args.uri_options
     q = {}
     try:
         q["secondary"] = Qemu(qemu, f"{label}-secondary", work, sockdir,
@@ -105,28 +132,60 @@ def run_colo(args, qemu, work, sockdir, disk, label, port):
         colo.primary_parameters(q["primary"], args.delay)
         q["primary"].cmd("cont")
         time.sleep(0.5)
-        colo.replicate(q["primary"], q["secondary"], uri, args.timeout * 3)
-        pauses, stop = [], None
+        t0 = time.monotonic()
+        deadline = t0 + args.timeout * 3
+        pauses, stop, ended, next_look = [], None, None, t0
+        try:
+            colo.replicate(q["primary"], q["secondary"], uri, args.timeout * 3)
+        except (Hang, QmpError) as e:
+            ended = session_end(q["primary"])
+            if not ended:
+                raise
+            print(f"  {label}: replication ended: {e}", flush=True)
         q["secondary"].mon.events()
-        deadline = time.monotonic() + args.timeout * 3
-        while len(pauses) < args.checkpoints:
+        while not ended and len(pauses) < args.checkpoints:
             for ev in q["secondary"].mon.events():
                 if ev["event"] == "STOP":
                     stop = event_time(ev)
                 elif ev["event"] == "RESUME" and stop is not None:
                     pauses.append((event_time(ev) - stop) * 1000)
                     stop = None
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now >= next_look:
+                ended = session_end(q["primary"])
+                next_look = now + 0.5
+            if not ended and now > deadline:
                 raise Hang(f"{label}: {len(pauses)} checkpoints in "
-                           f"{args.timeout * 3} s")
+                           f"{args.timeout * 3} s, and no error")
             time.sleep(0.05)
+        if ended:
+            ended = (time.monotonic() - t0, ended)
+            q["secondary"].kill()
+            if q["primary"].cmd("query-colo-status")["mode"] != "none":
+                colo.fail_over(q["primary"], args.timeout)
+            return pauses, colo.check_memory(q["primary"], sockdir,
+                                             args.timeout), ended
         q["primary"].kill()
         colo.fail_over(q["secondary"], args.timeout)
         bad = colo.check_memory(q["secondary"], sockdir, args.timeout)
-        return pauses, bad
+        return pauses, bad, None
     finally:
         for x in q.values():
             x.close()
+
+
+def colo_summary(row):
+    """The COLO half of a condition's line."""
+    guest = ("INCONSISTENT: " + "; ".join(row["bad"][:2]) if row["bad"]
+             else "consistent")
+    pauses = (f"pause p50 {median(row['pauses']):.0f} ms over "
+              f"{len(row['pauses'])} checkpoints" if row["pauses"]
+              else "no checkpoint")
+    if row.get("ended"):
+        t, why = row["ended"]
+        return (f"{pauses}, then the session ended after {t:.1f} s: {why}; "
+                f"the primary took over, guest {guest}")
+    return f"{pauses}, guest {guest}"
 
 
 def main(argv=None):
@@ -142,6 +201,9 @@ def main(argv=None):
                     help="COLO checkpoints per condition")
     ap.add_argument("--delay", type=int, default=500, help="x-checkpoint-delay, ms")
     ap.add_argument("--channels", type=int, default=4)
+    ap.add_argument("--uri-options", default="",
+                    help="appended to the COLO pair's address, e.g. "
+                    "retry-count=7")
     ap.add_argument("--timeout", type=int, default=60,
                     help="deadline of a step, s (a hang if missed)")
     ap.add_argument("--port", type=int, default=36000)
@@ -181,9 +243,8 @@ def main(argv=None):
         row = {"label": label, "netem": netem or "-"}
         try:
             row["bench"] = run_bench(args, work, label)
-            pauses, bad = run_colo(args, qemu, work, sockdir, disk, label,
-                                   args.port + i)
-            row["pauses"], row["bad"] = pauses, bad
+            row["pauses"], row["bad"], row["ended"] = run_colo(
+                args, qemu, work, sockdir, disk, label, args.port + i)
         except (Hang, QmpError, QemuGone, RuntimeError, OSError,
                 subprocess.TimeoutExpired) as e:
             row["error"] = str(e)
@@ -195,19 +256,24 @@ def main(argv=None):
         row["seq_err"] = sum(d.get(f"{dev}_{k}", 0) for dev in ("rxe0", "rxe1")
                              for k in ("rcvd_seq_err", "out_of_seq_request",
                                        "duplicate_request"))
+        row["retry_exceeded"] = sum(d.get(f"{dev}_retry_exceeded_err", 0)
+                                    for dev in ("rxe0", "rxe1"))
         row["link_mib"] = (d.get("bytes_a_to_b", 0) + d.get("bytes_b_to_a", 0)) / 2**20
         rows.append(row)
         b = row.get("bench")
         bad_ckpt = not b or b["verified"] != b["checkpoints"] or not b["ok"]
-        row["failed"] = bool(row.get("error") or row.get("bad") or bad_ckpt)
+        # The clean link must carry every checkpoint; a degraded one may end
+        # the session, if its cause was named and the survivor consistent.
+        ended_clean = bool(row.get("ended")) and not netem
+        row["failed"] = bool(row.get("error") or row.get("bad") or bad_ckpt
+                             or ended_clean)
         failed |= row["failed"]
         print(f"  {label:12s} netem '{row['netem']}': "
               + (f"ERROR {row['error']}" if row.get("error") else
                  f"bench {b['mbps']:.1f} MB/s, {b['verified']}/{b['checkpoints']} "
-                 f"checkpoints verified; COLO pause p50 "
-                 f"{median(row['pauses']):.0f} ms, guest "
-                 f"{'INCONSISTENT: ' + '; '.join(row['bad'][:2]) if row['bad'] else 'consistent'}")
-              + f"; rxe retries {row['retries']}, sequence errors "
+                 f"checkpoints verified; COLO " + colo_summary(row))
+              + f"; rxe retries {row['retries']}, retries exceeded "
+                f"{row['retry_exceeded']}, sequence errors "
                 f"{row['seq_err']}, {row['link_mib']:.0f} MiB over the link",
               flush=True)
 
@@ -220,15 +286,18 @@ def main(argv=None):
             print(f"  {r['label']:22s} ERROR: {r['error']}")
             continue
         b, cb = r["bench"], clean.get("bench")
-        p50 = median(r["pauses"])
+        p50 = median(r["pauses"]) if r["pauses"] else 0
         cp50 = median(clean["pauses"]) if clean.get("pauses") else 0
         print(f"  {r['label']:22s} {b['mbps']:10.1f}  "
               f"{b['mbps'] / cb['mbps'] if cb and cb['mbps'] else 0:7.2f}  "
               f"{b['verified']:3d}/{b['checkpoints']:<3d}  "
-              f"{p50:17.0f}  {percentile(r['pauses'], 99):6.0f}  "
+              f"{p50:17.0f}  "
+              f"{percentile(r['pauses'], 99) if r['pauses'] else 0:6.0f}  "
               f"{p50 / cp50 if cp50 else 0:7.2f}  "
               f"{'INCONSISTENT' if r['bad'] else 'consistent':12s}  "
-              f"{r['retries']:7d}  {r['seq_err']:7d}")
+              f"{r['retries']:7d}  {r['seq_err']:7d}"
+              + (f"  session ended after {r['ended'][0]:.1f} s"
+                 if r.get("ended") else ""))
     print(f"netfaults: {len(rows)} conditions, "
           f"{sum(1 for r in rows if r['failed'])} with a problem")
     return 1 if failed else 0
