@@ -8,8 +8,13 @@ consistency oracle on the guest memory that survives.
 Each point starts a COLO pair of QEMUs over rdma-colo (QEMU's
 migration-test boot sector, which increments one byte in every 4 KiB page
 from 1 MiB to 100 MiB, in order, forever), picks a victim (primary or
-secondary), a signal (SIGKILL: the host died; SIGSTOP: the host hangs but
-its NIC still acknowledges) and a moment:
+secondary), a fault (SIGKILL: the process died, its kernel closes its
+connections; SIGSTOP: the process hangs but its NIC still acknowledges;
+on the pair topology also poweroff: the victim's node stops at once and
+nothing of it answers, and partition: the link is cut, both sides must
+find out by themselves, the victim is fenced and, after the failover, the
+link healed and the survivor replicated again; --faults restricts the
+draw) and a moment:
 
   initial     during the initial copy, before COLO runs
   checkpoint  while both VMs are stopped for a checkpoint (the pages and
