@@ -34,7 +34,7 @@ enum rcolo_conn_role {
  * session token, so nothing on the wire can be replayed into another
  * connection:
  *
- *   1. primary  -> HELLO REQ                      (no QP)
+ *   1. primary  -> HELLO REQ                      (a throw-away QP)
  *      secondary <- REJ CHALLENGE(snonce)          fresh, single use
  *   2. primary  -> CONTROL REQ(snonce, cnonce, mac_req)
  *      secondary checks the challenge is its own and unused, then the

@@ -27,9 +27,9 @@ and soft-RoCE counts every go-back-N round without a positive ACK as one,
 so at 1 % loss a long burst of RDMA WRITEs can run out of them.  That is
 accepted on a degraded link (not on the clean one) if the primary named
 the cause within --timeout; it then takes over and its guest memory must
-be consistent (docs/protocol.md, "Detection times").  A corrupted packet must be dropped by the receiver's
-ICRC check and sent again: the bench's verification would see anything
-else.  It prints a table with each condition's figures and their ratio to
+be consistent (docs/protocol.md, "Loss").  A corrupted packet must be
+dropped by the receiver's ICRC check and sent again: the bench's
+verification would see anything else.  It prints a table with each condition's figures and their ratio to
 the clean link's, and exits 1 if any checkpoint was not verified or any
 guest was inconsistent.
 """
