@@ -8,6 +8,7 @@
  * session fence fence.c's.  Nothing here allocates or prints once the
  * channel is set up, and nothing takes the session lock.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,7 +49,7 @@ static int setup_primary(struct rcolo_channel *ch, struct ibv_pd *pd,
     uint32_t sq_depth = RCOLO_SQ_WRITES + nsend;
     int ret;
 
-    ret = rcolo_qp_create(ch->id, pd, &ch->res, sq_depth, nctl, err);
+    ret = rcolo_qp_create(ch->id, pd, ch->s, &ch->res, sq_depth, nctl, err);
     if (!ret) {
         ret = rcolo_slots_init(&ch->send, pd, nsend, RCOLO_DESC_MAX_LEN,
                                RCOLO_WR_SEND_SLOT, err);
@@ -74,8 +75,8 @@ static int setup_secondary(struct rcolo_channel *ch, struct ibv_pd *pd,
     struct rcolo_chan_rx *rx = &ch->rx;
     int ret;
 
-    ret =
-        rcolo_qp_create(ch->id, pd, &ch->res, RCOLO_CTL_SEND_SLOTS, depth, err);
+    ret = rcolo_qp_create(ch->id, pd, ch->s, &ch->res, RCOLO_CTL_SEND_SLOTS,
+                          depth, err);
     if (!ret) {
         ret = rcolo_slots_init(&ch->recv, pd, depth, RCOLO_DESC_MAX_LEN,
                                RCOLO_WR_RECV_SLOT, err);
@@ -153,6 +154,30 @@ static void stats_read(const struct rcolo_channel_stats *in,
     }
 }
 
+/*
+ * Against rcolo_region_remove (a Dekker pair): the caller sets region_busy,
+ * then this reads the cache; remove clears every cache, then reads every
+ * region_busy.  So either remove sees region_busy and refuses, or this sees
+ * the cleared cache and looks the region up under the lock, after remove
+ * freed it.  A region is never used after it was freed, and a descriptor
+ * of the cached region takes no lock.
+ */
+struct rcolo_region *rcolo_chan_region(struct rcolo_channel *ch, uint32_t id)
+{
+    struct rcolo_region *r =
+        __atomic_load_n(&ch->region_cache, __ATOMIC_SEQ_CST);
+
+    assert(__atomic_load_n(&ch->region_busy, __ATOMIC_RELAXED));
+    if (r && r->id == id) {
+        return r;
+    }
+    pthread_mutex_lock(&ch->core->lock);
+    r = rcolo_region_find_locked(ch->s, id);
+    __atomic_store_n(&ch->region_cache, r, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&ch->core->lock);
+    return r;
+}
+
 int rcolo_chan_fail(struct rcolo_channel *ch, int code, const char *what,
                     const char *detail)
 {
@@ -224,6 +249,14 @@ static int completion(struct rcolo_channel *ch, struct ibv_wc *wc)
         snprintf(detail, sizeof(detail), "%s failed: %s", rcolo_wc_what(wc),
                  ibv_wc_status_str(wc->status));
         return rcolo_chan_fail(ch, rcolo_wc_errno(wc->status), "", detail);
+    }
+    /* What completed must be what was posted: a peer's RDMA WRITE with
+     * immediate would consume a receive and complete as something else. */
+    if (!rcolo_wc_opcode_ok(wc)) {
+        snprintf(detail, sizeof(detail), "(opcode %d, flags 0x%x)",
+                 (int)wc->opcode, (unsigned)wc->wc_flags);
+        return rcolo_chan_fail(
+            ch, -EPROTO, "completion of another kind than posted ", detail);
     }
     switch (ctx->type) {
     case RCOLO_WR_SEND_SLOT:

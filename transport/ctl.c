@@ -23,7 +23,7 @@ int rcolo_ctl_setup(struct rcolo_session *s, struct rdma_cm_id *id,
     int ret;
 
     c->id = id;
-    ret = rcolo_qp_create(id, s->pd, &c->res, RCOLO_CTL_SEND, RCOLO_CTL_RECV,
+    ret = rcolo_qp_create(id, s->pd, s, &c->res, RCOLO_CTL_SEND, RCOLO_CTL_RECV,
                           err);
     if (!ret) {
         ret = rcolo_slots_init(&c->send, s->pd, RCOLO_CTL_SEND,
@@ -407,6 +407,13 @@ static void ctl_completion(struct rcolo_session *s, struct ibv_wc *wc)
         rcolo_fail_locked(&s->core, rcolo_wc_errno(wc->status),
                           "control connection: %s failed: %s",
                           rcolo_wc_what(wc), ibv_wc_status_str(wc->status));
+        return;
+    }
+    if (!rcolo_wc_opcode_ok(wc)) {
+        rcolo_fail_locked(&s->core, -EPROTO,
+                          "control connection: completion of another kind "
+                          "than posted (opcode %d, flags 0x%x)",
+                          (int)wc->opcode, (unsigned)wc->wc_flags);
         return;
     }
     if (ctx->type == RCOLO_WR_SEND_SLOT) {

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -30,8 +31,11 @@ static struct rdma_conn_param conn_param(const struct rcolo_session *s,
     return (struct rdma_conn_param){
         .private_data = pdata,
         .private_data_len = (uint8_t)len,
-        .responder_resources = 1,
-        .initiator_depth = 1,
+        /* No RDMA READ or atomic either way: the secondary's memory is
+         * written to, never read (its MRs grant no remote read either),
+         * and the primary never reads. */
+        .responder_resources = 0,
+        .initiator_depth = 0,
         .retry_count =
             (uint8_t)(s->uri.retry_count ? s->uri.retry_count
                                          : RCOLO_DEFAULT_RETRY_COUNT),
@@ -41,93 +45,185 @@ static struct rdma_conn_param conn_param(const struct rcolo_session *s,
 
 /* ------------------------------------------------ secondary: requests */
 
-static int random_nonce(uint8_t out[RCOLO_NONCE_LEN])
+static int random_bytes(uint8_t *out, size_t len)
 {
     ssize_t n;
 
     do {
-        n = getrandom(out, RCOLO_NONCE_LEN, 0);
+        n = getrandom(out, len, 0);
     } while (n < 0 && errno == EINTR);
-    return n == RCOLO_NONCE_LEN ? 0 : -(n < 0 ? errno : EIO);
+    return n == (ssize_t)len ? 0 : -(n < 0 ? errno : EIO);
 }
 
-/* HELLO: hand out a fresh single-use challenge. */
+/* Milliseconds since the challenges' epoch (a u32 that wraps after 49
+ * days: expiries are compared as signed differences). */
+static uint32_t challenge_clock(const struct rcolo_challenges *c)
+{
+    return (uint32_t)((rcolo_now_ns() - c->epoch) / 1000000);
+}
+
+/*
+ * A HELLO from @peer may have a challenge: a token of its address's bucket
+ * (RCOLO_HELLO_BURST at once, RCOLO_HELLO_RATE a second after that).
+ * Addresses are hashed onto the buckets; two that share one share its rate.
+ */
+static bool hello_allowed(struct rcolo_session *s, const struct sockaddr *peer)
+{
+    struct rcolo_challenges *c = &s->chal;
+    const uint8_t *a = NULL;
+    size_t len = 0;
+    uint32_t h = 2166136261u;
+
+    if (peer && peer->sa_family == AF_INET) {
+        a = (const uint8_t *)&((const struct sockaddr_in *)peer)->sin_addr;
+        len = 4;
+    } else if (peer && peer->sa_family == AF_INET6) {
+        a = (const uint8_t *)&((const struct sockaddr_in6 *)peer)->sin6_addr;
+        len = 16;
+    }
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ a[i]) * 16777619u;
+    }
+    struct rcolo_hello_bucket *b = &c->bucket[h % RCOLO_HELLO_BUCKETS];
+    int64_t now = rcolo_now_ns();
+    double tokens =
+        b->stamp ? b->tokens + (double)(now - b->stamp) * RCOLO_HELLO_RATE / 1e9
+                 : RCOLO_HELLO_BURST;
+
+    b->tokens = tokens > RCOLO_HELLO_BURST ? RCOLO_HELLO_BURST : tokens;
+    b->stamp = now;
+    if (b->tokens < 1) {
+        c->slowed++;
+        return false;
+    }
+    b->tokens -= 1;
+    return true;
+}
+
+/* HELLO: a challenge (wire.h), nothing stored.  The serial tells apart
+ * challenges of the same millisecond (65536 of them). */
 static int issue_challenge(struct rcolo_session *s,
                            uint8_t snonce[RCOLO_NONCE_LEN])
 {
-    struct rcolo_challenge *c =
-        &s->challenges[s->next_challenge++ % RCOLO_CHALLENGES];
-    int ret = random_nonce(c->snonce);
+    struct rcolo_challenges *c = &s->chal;
 
-    if (ret) {
-        c->expires = 0;
-        return ret;
+    if (!c->ready) {
+        int ret = random_bytes(c->key, sizeof(c->key));
+
+        if (ret) {
+            return ret;
+        }
+        c->epoch = rcolo_now_ns();
+        c->ready = true;
     }
-    c->expires = rcolo_deadline(s->core.timeout_ms);
-    memcpy(snonce, c->snonce, RCOLO_NONCE_LEN);
+    c->issued++;
+    rcolo_challenge_make(c->key,
+                         challenge_clock(c) + (uint32_t)s->core.timeout_ms,
+                         (uint16_t)c->issued, snonce);
     return 0;
 }
 
-/* A live challenge with this nonce: consume it (single use, answered
- * correctly or not). */
-static bool take_challenge(struct rcolo_session *s,
-                           const uint8_t snonce[RCOLO_NONCE_LEN])
+/* @snonce is a challenge of ours, not expired and not answered yet. */
+static bool challenge_fresh(struct rcolo_session *s,
+                            const uint8_t snonce[RCOLO_NONCE_LEN])
 {
-    int64_t now = rcolo_now_ns();
+    struct rcolo_challenges *c = &s->chal;
+    uint32_t expiry;
 
-    for (unsigned i = 0; i < RCOLO_CHALLENGES; i++) {
-        struct rcolo_challenge *c = &s->challenges[i];
-
-        if (c->expires && !memcmp(c->snonce, snonce, RCOLO_NONCE_LEN)) {
-            bool live = c->expires > now;
-
-            c->expires = 0;
-            return live;
+    if (!c->ready || !rcolo_challenge_check(c->key, snonce, &expiry)) {
+        return false;
+    }
+    int32_t left = (int32_t)(expiry - challenge_clock(c));
+    if (left < 0 || left > s->core.timeout_ms) {
+        return false;
+    }
+    for (unsigned i = 0; i < RCOLO_USED_CHALLENGES; i++) {
+        if (c->used[i].set &&
+            !memcmp(c->used[i].nonce, snonce, RCOLO_NONCE_LEN)) {
+            return false;
         }
     }
-    return false;
+    return true;
 }
 
+/* @snonce was answered with a valid proof: it is used (single use).  Only
+ * a primary that proved the token gets here, so no flood fills this. */
+static void challenge_used(struct rcolo_session *s,
+                           const uint8_t snonce[RCOLO_NONCE_LEN])
+{
+    struct rcolo_challenges *c = &s->chal;
+    struct rcolo_used_challenge *u =
+        &c->used[c->next_used++ % RCOLO_USED_CHALLENGES];
+
+    memcpy(u->nonce, snonce, RCOLO_NONCE_LEN);
+    u->set = true;
+}
+
+/*
+ * The REQ's proof, over what it names and the QP number its CM request
+ * carried (@qpn): a control REQ's nonces are its own; a data REQ's are
+ * the session's and the channel's own nonce (its cnonce field).
+ */
 static bool mac_ok(struct rcolo_session *s, enum rcolo_mac_kind kind,
-                   const struct rcolo_req *req)
+                   const struct rcolo_req *req, uint32_t qpn)
 {
     uint8_t want[RCOLO_MAC_LEN];
+    bool data = kind == RCOLO_MAC_DATA_REQ;
+    struct rcolo_mac_input in = {
+        .snonce = req->snonce,
+        .cnonce = data ? s->cnonce : req->cnonce,
+        .conn_nonce = data ? req->cnonce : NULL,
+        .index = req->index,
+        .channels = req->channels,
+        .depth = req->depth,
+        .qpn = qpn,
+    };
 
-    rcolo_mac(s->uri.token, kind, req->snonce, req->cnonce, req->index,
-              req->channels, req->depth, want);
-    return rcolo_mac_equal(want, req->mac);
+    rcolo_mac(s->uri.token, kind, &in, want);
+    bool ok = rcolo_mac_equal(want, req->mac);
+    explicit_bzero(want, sizeof(want));
+    return ok;
 }
 
 /*
  * Nothing is allocated and no state changes before the peer proved the
- * token: a failed attempt costs the secondary one used challenge.
+ * token; a challenge is used up only by a valid proof.
  */
 static enum rcolo_reject_reason check_request(struct rcolo_session *s,
-                                              const struct rcolo_req *req)
+                                              struct rdma_cm_id *id,
+                                              const struct rcolo_req *req,
+                                              uint32_t qpn)
 {
     switch (req->role) {
     case RCOLO_CONN_HELLO:
-        return s->ctl.id || s->state != RCOLO_SESSION_LISTENING
-                   ? RCOLO_REJ_BUSY
-                   : RCOLO_REJ_CHALLENGE;
+        if (s->ctl.id || s->state != RCOLO_SESSION_LISTENING) {
+            return RCOLO_REJ_BUSY;
+        }
+        return hello_allowed(s, rdma_get_peer_addr(id)) ? RCOLO_REJ_CHALLENGE
+                                                        : RCOLO_REJ_SLOW_DOWN;
     case RCOLO_CONN_CONTROL:
-        if (!take_challenge(s, req->snonce)) {
+        if (!challenge_fresh(s, req->snonce)) {
             return RCOLO_REJ_BAD_NONCE;
         }
-        if (!mac_ok(s, RCOLO_MAC_CONTROL_REQ, req)) {
+        if (!mac_ok(s, RCOLO_MAC_CONTROL_REQ, req, qpn)) {
+            /* A wrong proof costs its address a HELLO: guesses at the
+             * token are limited as challenges are. */
+            hello_allowed(s, rdma_get_peer_addr(id));
             return RCOLO_REJ_BAD_TOKEN;
         }
         if (s->ctl.id || s->state != RCOLO_SESSION_LISTENING) {
             return RCOLO_REJ_BUSY;
         }
+        challenge_used(s, req->snonce);
         return RCOLO_REJ_NONE;
     case RCOLO_CONN_DATA:
+        /* A channel of this session: its snonce; the proof covers the
+         * session's cnonce, the channel's own nonce and its QP. */
         if (s->state != RCOLO_SESSION_READY ||
-            memcmp(req->snonce, s->snonce, RCOLO_NONCE_LEN) ||
-            memcmp(req->cnonce, s->cnonce, RCOLO_NONCE_LEN)) {
+            memcmp(req->snonce, s->snonce, RCOLO_NONCE_LEN)) {
             return RCOLO_REJ_BAD_NONCE;
         }
-        if (!mac_ok(s, RCOLO_MAC_DATA_REQ, req)) {
+        if (!mac_ok(s, RCOLO_MAC_DATA_REQ, req, qpn)) {
             return RCOLO_REJ_BAD_TOKEN;
         }
         if (req->index >= s->channels || s->chan[req->index]) {
@@ -154,7 +250,7 @@ struct rdma_cm_id *rcolo_handshake_request(struct rcolo_session *s,
     why = rcolo_req_decode(ev->param.conn.private_data,
                            ev->param.conn.private_data_len, &req);
     if (why == RCOLO_REJ_NONE) {
-        why = check_request(s, &req);
+        why = check_request(s, id, &req, ev->param.conn.qp_num);
     }
     if (why == RCOLO_REJ_NONE &&
         (rcolo_path_check_id(&s->uri, RCOLO_SECONDARY, id,
@@ -216,11 +312,20 @@ struct rdma_cm_id *rcolo_handshake_request(struct rcolo_session *s,
         .channels = (uint16_t)s->channels,
         .depth = (uint16_t)s->depth,
     };
+    struct rdma_cm_id *qp_id = req.role == RCOLO_CONN_CONTROL ? s->ctl.id : id;
+    struct rcolo_mac_input in = {
+        .snonce = s->snonce,
+        .cnonce = s->cnonce,
+        .conn_nonce = req.role == RCOLO_CONN_DATA ? req.cnonce : NULL,
+        .index = req.index,
+        .channels = rep.channels,
+        .depth = rep.depth,
+        .qpn = qp_id->qp->qp_num,
+    };
     rcolo_mac(s->uri.token,
               req.role == RCOLO_CONN_CONTROL ? RCOLO_MAC_CONTROL_REP
                                              : RCOLO_MAC_DATA_REP,
-              s->snonce, s->cnonce, req.index, rep.channels, rep.depth,
-              rep.mac);
+              &in, rep.mac);
     size_t n = rcolo_rep_encode(&rep, pdata, sizeof(pdata));
     struct rdma_conn_param param = conn_param(s, pdata, n);
     if (req.role == RCOLO_CONN_CONTROL) {
@@ -232,6 +337,8 @@ struct rdma_cm_id *rcolo_handshake_request(struct rcolo_session *s,
     } else {
         id->context = ch;
         ch->state = RCOLO_CHAN_CONNECTING;
+        /* As for the control connection: its completion is owed. */
+        ch->accept_deadline = rcolo_deadline(s->core.timeout_ms);
         /* Read without the lock by the channels' session-fence check. */
         __atomic_store_n(&s->chan[ch->index], ch, __ATOMIC_RELEASE);
     }
@@ -401,7 +508,7 @@ static int connect_finish(struct rcolo_session *s,
  * on a throw-away id with a throw-away QP). */
 static int request_challenge(struct rcolo_session *s,
                              uint8_t snonce[RCOLO_NONCE_LEN], int64_t deadline,
-                             struct rcolo_error *err)
+                             struct rcolo_rej *rej_out, struct rcolo_error *err)
 {
     struct rdma_event_channel *pch = NULL;
     struct rdma_cm_id *id = NULL;
@@ -416,7 +523,7 @@ static int request_challenge(struct rcolo_session *s,
 
     ret = connect_resolve(s, &pch, &id, deadline, err);
     if (ret == 0) {
-        ret = rcolo_qp_create(id, s->pd, &res, 1, 1, err);
+        ret = rcolo_qp_create(id, s->pd, s, &res, 1, 1, err);
     }
     if (ret == 0) {
         ret = connect_finish(s, pch, id, &req, &rep, &rej, deadline, err);
@@ -426,6 +533,7 @@ static int request_challenge(struct rcolo_session *s,
             memcpy(snonce, rej.snonce, RCOLO_NONCE_LEN);
             ret = 0;
         }
+        *rej_out = rej;
     }
     if (id) {
         rcolo_qp_destroy(id, &res);
@@ -452,14 +560,19 @@ int rcolo_handshake_connect(struct rcolo_session *s, int64_t deadline,
     struct rcolo_rep rep;
     int ret;
 
-    /* A challenge can be evicted by a flood of HELLOs between our two
-     * requests: ask again, a few times. */
-    for (int attempt = 0;; attempt++) {
-        struct rcolo_rej rej;
+    /*
+     * Refusals that a later attempt may not meet are retried until the
+     * connect deadline: a challenge that expired in a queue of HELLOs
+     * (BAD_NONCE), or too many HELLOs from this address (SLOW_DOWN: a
+     * flood from here, or a neighbour that shares its bucket).  Waits
+     * double from 20 ms to 640 ms between attempts.
+     */
+    for (int attempt = 0, wait_ms = 20;; attempt++) {
+        struct rcolo_rej rej = {0};
 
-        ret = request_challenge(s, s->snonce, deadline, err);
+        ret = request_challenge(s, s->snonce, deadline, &rej, err);
         if (ret == 0) {
-            ret = random_nonce(s->cnonce);
+            ret = random_bytes(s->cnonce, RCOLO_NONCE_LEN);
             if (ret) {
                 rcolo_set_error(err, ret, "no random nonce: %s",
                                 strerror(-ret));
@@ -471,40 +584,70 @@ int rcolo_handshake_connect(struct rcolo_session *s, int64_t deadline,
         if (ret == 0) {
             ret = rcolo_ctl_setup(s, id, err);
         }
-        if (ret) {
-            goto fail;
+        if (ret == 0) {
+            struct rcolo_req req = {
+                .version = RCOLO_PROTOCOL_VERSION,
+                .role = RCOLO_CONN_CONTROL,
+                .channels = (uint16_t)uri->channels,
+                .depth = (uint16_t)uri->depth,
+            };
+            memcpy(req.snonce, s->snonce, RCOLO_NONCE_LEN);
+            memcpy(req.cnonce, s->cnonce, RCOLO_NONCE_LEN);
+            struct rcolo_mac_input in = {
+                .snonce = req.snonce,
+                .cnonce = req.cnonce,
+                .channels = req.channels,
+                .depth = req.depth,
+                .qpn = id->qp->qp_num,
+            };
+            rcolo_mac(uri->token, RCOLO_MAC_CONTROL_REQ, &in, req.mac);
+            ret = connect_finish(s, pch, id, &req, &rep, &rej, deadline, err);
         }
-        struct rcolo_req req = {
-            .version = RCOLO_PROTOCOL_VERSION,
-            .role = RCOLO_CONN_CONTROL,
-            .channels = (uint16_t)uri->channels,
-            .depth = (uint16_t)uri->depth,
-        };
-        memcpy(req.snonce, s->snonce, RCOLO_NONCE_LEN);
-        memcpy(req.cnonce, s->cnonce, RCOLO_NONCE_LEN);
-        rcolo_mac(uri->token, RCOLO_MAC_CONTROL_REQ, req.snonce, req.cnonce, 0,
-                  req.channels, req.depth, req.mac);
-        ret = connect_finish(s, pch, id, &req, &rep, &rej, deadline, err);
-        if (ret == -ECONNREFUSED && rej.reason == RCOLO_REJ_BAD_NONCE &&
-            attempt < 2) {
+        if (ret == 0) {
+            break;
+        }
+        bool again =
+            ret == -ECONNREFUSED && (rej.reason == RCOLO_REJ_BAD_NONCE ||
+                                     rej.reason == RCOLO_REJ_SLOW_DOWN);
+        if (s->ctl.id) {
             rcolo_ctl_teardown(s); /* destroys id */
-            id = NULL;
+        } else if (id) {
+            rdma_destroy_id(id);
+        }
+        id = NULL;
+        if (pch) {
             rdma_destroy_event_channel(pch);
             pch = NULL;
-            continue;
         }
-        if (ret) {
-            goto fail;
+        if (!again) {
+            return ret;
         }
-        break;
+        int left = rcolo_deadline_ms(deadline);
+        if (left == 0) {
+            return rcolo_set_error(err, -ETIMEDOUT,
+                                   "secondary at %s:%s still refused at the "
+                                   "connect deadline, after %d attempts: %s",
+                                   uri->host, uri->port, attempt + 1,
+                                   rcolo_reject_str(rej.reason));
+        }
+        s->stats.connect_retries++;
+        usleep((useconds_t)(left >= 0 && left < wait_ms ? left : wait_ms) *
+               1000);
+        wait_ms = wait_ms < 640 ? 2 * wait_ms : 640;
     }
     rdma_destroy_event_channel(pch);
     pch = NULL;
     /* Before anything of the secondary is believed: did it prove the
      * token over our nonce? */
     uint8_t want[RCOLO_MAC_LEN];
-    rcolo_mac(uri->token, RCOLO_MAC_CONTROL_REP, s->snonce, s->cnonce, 0,
-              rep.channels, rep.depth, want);
+    struct rcolo_mac_input in = {
+        .snonce = s->snonce,
+        .cnonce = s->cnonce,
+        .channels = rep.channels,
+        .depth = rep.depth,
+        .qpn = rcolo_qp_dest_qpn(s->ctl.id->qp),
+    };
+    rcolo_mac(uri->token, RCOLO_MAC_CONTROL_REP, &in, want);
     if (!rcolo_mac_equal(want, rep.mac)) {
         return rcolo_set_error(err, -EACCES,
                                "%s:%s accepted but did not prove the session "
@@ -529,17 +672,6 @@ int rcolo_handshake_connect(struct rcolo_session *s, int64_t deadline,
     s->depth = rep.depth;
     s->ctl.established = true;
     return 0;
-
-fail:
-    if (id && s->ctl.id != id) {
-        rdma_destroy_id(id);
-    }
-    if (pch) {
-        /* The id (ctl_id) still lives on pch: destroy it before pch. */
-        rcolo_ctl_teardown(s);
-        rdma_destroy_event_channel(pch);
-    }
-    return ret;
 }
 
 int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
@@ -586,14 +718,32 @@ int rcolo_channel_connect(struct rcolo_session *s, unsigned index,
         struct rcolo_rej rej;
         uint8_t want[RCOLO_MAC_LEN];
 
+        /* The channel's own nonce goes where a control REQ has the
+         * primary's (the session's cnonce is known to both). */
+        uint8_t dnonce[RCOLO_NONCE_LEN];
+        ret = random_bytes(dnonce, sizeof(dnonce));
+        if (ret) {
+            rcolo_set_error(err, ret, "no random nonce: %s", strerror(-ret));
+        }
         memcpy(req.snonce, s->snonce, RCOLO_NONCE_LEN);
-        memcpy(req.cnonce, s->cnonce, RCOLO_NONCE_LEN);
-        rcolo_mac(s->uri.token, RCOLO_MAC_DATA_REQ, req.snonce, req.cnonce,
-                  req.index, 0, 0, req.mac);
-        ret = connect_finish(s, pch, ch->id, &req, &rep, &rej, deadline, err);
+        memcpy(req.cnonce, dnonce, RCOLO_NONCE_LEN);
+        struct rcolo_mac_input in = {
+            .snonce = s->snonce,
+            .cnonce = s->cnonce,
+            .conn_nonce = dnonce,
+            .index = req.index,
+            .qpn = ch->id->qp->qp_num,
+        };
+        rcolo_mac(s->uri.token, RCOLO_MAC_DATA_REQ, &in, req.mac);
         if (ret == 0) {
-            rcolo_mac(s->uri.token, RCOLO_MAC_DATA_REP, s->snonce, s->cnonce,
-                      req.index, rep.channels, rep.depth, want);
+            ret =
+                connect_finish(s, pch, ch->id, &req, &rep, &rej, deadline, err);
+        }
+        if (ret == 0) {
+            in.channels = rep.channels;
+            in.depth = rep.depth;
+            in.qpn = rcolo_qp_dest_qpn(ch->id->qp);
+            rcolo_mac(s->uri.token, RCOLO_MAC_DATA_REP, &in, want);
             if (!rcolo_mac_equal(want, rep.mac)) {
                 ret = rcolo_set_error(err, -EACCES,
                                       "data channel %u: the secondary did "

@@ -35,6 +35,12 @@
 /* uri.c: 127.0.0.0/8, ::1 or localhost (the only hosts a session without
  * a token may use unless insecure=on). */
 bool rcolo_host_is_loopback(const char *host);
+/* @sa is a loopback address (IPv4 127/8, ::1, v4-mapped 127/8). */
+bool rcolo_sockaddr_is_loopback(const struct sockaddr *sa);
+/* @uri authenticates nothing that loopback does not (no token, or one
+ * shorter than RCOLO_MIN_TOKEN, and not insecure=on): its host and every
+ * address it resolves to must be loopback. */
+bool rcolo_uri_needs_loopback(const struct rcolo_uri *uri);
 
 /* ------------------------------------------------------------ regions */
 
@@ -67,11 +73,6 @@ struct rcolo_chan_tx {
     struct ibv_send_wr *wrs;       /* preallocated chain */
     struct ibv_sge *sges;
     struct rcolo_run *runs;
-    /* The region of the last write (a cache; see chan_region) and whether
-     * rcolo_write_pages runs now: rcolo_region_remove clears the first and
-     * refuses while the second is set (atomics, sequentially consistent). */
-    struct rcolo_region *last_region;
-    uint32_t in_write;
     /* Descriptor batching (rcolo_channel_set_desc_batch): pages whose
      * WRITEs are posted but whose descriptor is not sent yet.  It goes out
      * when it holds batch_pages pages, before pages of another region, and
@@ -106,6 +107,14 @@ struct rcolo_channel {
     enum rcolo_role role;
     unsigned index;
     enum rcolo_chan_state state; /* under the session lock */
+    int64_t accept_deadline;     /* secondary, CONNECTING: RTU owed by */
+    /* The region of the last descriptor (a cache; rcolo_chan_region) and
+     * whether one is being used now (a primary's rcolo_write_pages, a
+     * secondary's decoding of a descriptor): rcolo_region_remove clears the
+     * first and refuses while the second is set (atomics, sequentially
+     * consistent).  No session lock per descriptor. */
+    struct rcolo_region *region_cache;
+    uint32_t region_busy;
     struct rdma_cm_id *id;
     struct rcolo_qp_res res;
     struct rcolo_slots send; /* primary: descriptors; secondary: ctl */
@@ -178,13 +187,36 @@ struct rcolo_ctl {
 
 /* ------------------------------------------------------------ session */
 
-/* A challenge (HELLO's answer) lives until answered once or until the
- * session's owed timeout; the table is a ring, so a flood of HELLOs evicts
- * the oldest (the primary then asks again). */
-#define RCOLO_CHALLENGES 16
-struct rcolo_challenge {
-    uint8_t snonce[RCOLO_NONCE_LEN];
-    int64_t expires; /* rcolo_now_ns() deadline; 0: free or used */
+/*
+ * The secondary's challenges (HELLO's answers, wire.h: stateless).  Their
+ * expiries are ms since @epoch, their serial the count of @issued; a
+ * challenge is single-use through @used, which only a primary that proved
+ * the token adds to, so no flood fills it (a wrong proof uses nothing up,
+ * but costs its address a HELLO).  HELLOs are limited per
+ * source address (@bucket: a token bucket each, addresses hashed onto
+ * them), so that a flood from one address does not keep the session
+ * thread from the others.  Session thread, under core.lock.
+ */
+#define RCOLO_USED_CHALLENGES 8
+#define RCOLO_HELLO_BUCKETS   64
+#define RCOLO_HELLO_BURST     16 /* HELLOs at once from one address */
+#define RCOLO_HELLO_RATE      16 /* a second, after the burst */
+struct rcolo_used_challenge {
+    uint8_t nonce[RCOLO_NONCE_LEN];
+    bool set;
+};
+struct rcolo_hello_bucket {
+    double tokens;
+    int64_t stamp; /* rcolo_now_ns() of the last HELLO; 0: none yet */
+};
+struct rcolo_challenges {
+    bool ready; /* @key made (at the first HELLO) */
+    uint8_t key[RCOLO_CHALLENGE_KEY_LEN];
+    int64_t epoch;
+    struct rcolo_used_challenge used[RCOLO_USED_CHALLENGES];
+    unsigned next_used;
+    struct rcolo_hello_bucket bucket[RCOLO_HELLO_BUCKETS];
+    uint64_t issued, slowed; /* challenges handed out, HELLOs slowed down */
 };
 
 enum rcolo_session_state {
@@ -205,10 +237,8 @@ struct rcolo_session {
      * replay of this one's control REQ) opens a channel. */
     uint8_t snonce[RCOLO_NONCE_LEN];
     uint8_t cnonce[RCOLO_NONCE_LEN];
-    /* Secondary: challenges handed out and not yet answered (session
-     * thread, under core.lock). */
-    struct rcolo_challenge challenges[RCOLO_CHALLENGES];
-    unsigned next_challenge;
+    /* Secondary: its challenges (session thread, under core.lock). */
+    struct rcolo_challenges chal;
     unsigned channels;
     unsigned depth;
 
@@ -222,6 +252,9 @@ struct rcolo_session {
     bool thread_started;
     bool thread_stop;
     int wake_fd; /* eventfd: pokes the session thread */
+    /* An async event of this session's that any session's thread read:
+     * its ibv_event_type + 1, 0 none (atomic; session.c). */
+    int async_event;
 
     /* Under core.lock from here on. */
     enum rcolo_session_state state;
@@ -330,6 +363,9 @@ static inline void rcolo_stat_add(uint64_t *counter, uint64_t n)
                      __ATOMIC_RELAXED);
 }
 
+/* The region @id for a descriptor of @ch, without the session lock when
+ * it is the last one's.  Only while @ch->region_busy is set. */
+struct rcolo_region *rcolo_chan_region(struct rcolo_channel *ch, uint32_t id);
 /* Fail the session: "data channel N: @what@detail". */
 int rcolo_chan_fail(struct rcolo_channel *ch, int code, const char *what,
                     const char *detail);

@@ -321,5 +321,24 @@ int rcolo_path_resolve(const struct rcolo_uri *uri, bool passive,
                                "cannot resolve %s port %s: %s", uri->host,
                                uri->port, strerror(errno));
     }
+    /* Without a token that authenticates (rcolo_uri_check_auth let the
+     * name pass as loopback), what it resolved to must be loopback too. */
+    for (struct rdma_addrinfo *ai = *res; ai && rcolo_uri_needs_loopback(uri);
+         ai = ai->ai_next) {
+        const struct sockaddr *sa = passive ? ai->ai_src_addr : ai->ai_dst_addr;
+
+        if (!rcolo_sockaddr_is_loopback(sa)) {
+            char shown[INET6_ADDRSTRLEN + 8];
+
+            sockaddr_str((struct sockaddr *)sa, shown, sizeof(shown));
+            rdma_freeaddrinfo(*res);
+            *res = NULL;
+            return rcolo_set_error(err, -EACCES,
+                                   "%s resolved to %s, not a loopback "
+                                   "address: a token of at least %d "
+                                   "characters is needed there",
+                                   uri->host, shown, RCOLO_MIN_TOKEN);
+        }
+    }
     return 0;
 }

@@ -47,15 +47,17 @@
 extern "C" {
 #endif
 
-#define RCOLO_PROTOCOL_VERSION 5
+#define RCOLO_PROTOCOL_VERSION 6
 
 /* Limits that bound every message on the wire (see docs/protocol.md). */
-#define RCOLO_MAX_CHANNELS       64
-#define RCOLO_MAX_DEPTH          1024 /* descriptors in flight per channel */
-#define RCOLO_MAX_REGIONS        512
-#define RCOLO_MAX_NAME           63   /* region name, bytes, without NUL */
-#define RCOLO_MAX_DESC_PAGES     1024 /* normal + zero pages per descriptor */
-#define RCOLO_MAX_TOKEN          256
+#define RCOLO_MAX_CHANNELS   64
+#define RCOLO_MAX_DEPTH      1024 /* descriptors in flight per channel */
+#define RCOLO_MAX_REGIONS    512
+#define RCOLO_MAX_NAME       63   /* region name, bytes, without NUL */
+#define RCOLO_MAX_DESC_PAGES 1024 /* normal + zero pages per descriptor */
+#define RCOLO_MAX_TOKEN      256
+/* Off loopback a token must have this many characters at least. */
+#define RCOLO_MIN_TOKEN          16
 #define RCOLO_MAX_SECRET_ID      39
 #define RCOLO_MIN_TIMEOUT_MS     100
 #define RCOLO_MAX_TIMEOUT_MS     3600000
@@ -86,15 +88,17 @@ struct rcolo_error {
  *          token=T    (1..RCOLO_MAX_TOKEN bytes of [A-Za-z0-9._~-], shared by
  *                      both sides: each proves it to the other with an
  *                      HMAC over fresh nonces, never sends it; see
- *                      docs/protocol.md),
+ *                      docs/protocol.md; off loopback at least
+ *                      RCOLO_MIN_TOKEN),
  *          secret=ID  (instead of token=: the id of a secret the
  *                      application resolves into uri->token before
  *                      rcolo_listen/rcolo_connect, e.g. QEMU's
  *                      -object secret,id=ID; [A-Za-z][A-Za-z0-9._-]*, at
  *                      most RCOLO_MAX_SECRET_ID characters),
  *          insecure=on|off (default off: without a token or secret,
+ *                      or with a token shorter than RCOLO_MIN_TOKEN,
  *                      rcolo_listen and rcolo_connect refuse any host but
- *                      loopback; on accepts an unauthenticated session),
+ *                      a loopback address; on accepts that),
  *          timeout=MS (RCOLO_MIN_TIMEOUT_MS..RCOLO_MAX_TIMEOUT_MS, default
  *                      RCOLO_DEFAULT_TIMEOUT_MS: how long the peer may
  *                      withhold what it owes — credits, acknowledgements,
@@ -339,10 +343,13 @@ int rcolo_regions_publish(struct rcolo_session *s, struct rcolo_error *err);
 int rcolo_region_wait(struct rcolo_session *s, uint32_t id, int timeout_ms,
                       struct rcolo_error *err);
 
-/* Deregister region @id.  Returns 0, -ENOENT, or (primary) -EBUSY while a
- * channel is in rcolo_write_pages: the region is never freed under a write.
- * On the secondary, the primary must have stopped writing into it (a late
- * WRITE then fails the session, it never lands elsewhere). */
+/* Deregister region @id.  Returns 0, -ENOENT, or -EBUSY while a channel
+ * uses a region (a primary's rcolo_write_pages, a secondary's receive of a
+ * descriptor): the library never uses a region after it was freed, and
+ * takes no lock per descriptor for it.  On the secondary, the primary must
+ * have stopped writing into it (a late WRITE then fails the session, it
+ * never lands elsewhere), and descriptors of it that the application holds
+ * point into its own memory, which it keeps until it releases them. */
 int rcolo_region_remove(struct rcolo_session *s, uint32_t id);
 
 /* Primary: look up an advertised remote region by name; fills *id, *length
@@ -554,7 +561,14 @@ struct rcolo_session_stats {
      * message buffers aside.  Since 0.7. */
     uint64_t regions;
     uint64_t registered_bytes;
-    uint64_t reserved[5]; /* zero; room for counters without an ABI break */
+    /* The handshake (since 0.8).  Primary: attempts at the control
+     * connection that a refusal worth another try ended (a challenge that
+     * expired, too many HELLOs from this address).  Secondary: challenges
+     * handed out, and HELLOs refused as too many from their address. */
+    uint64_t connect_retries;
+    uint64_t challenges_issued;
+    uint64_t hellos_slowed;
+    uint64_t reserved[2]; /* zero; room for counters without an ABI break */
 };
 
 /* Copy counters.  Returns 0 or -EINVAL. */

@@ -48,6 +48,8 @@ enum release_by {
 
 static int release(struct rcolo_channel *ch, struct rcolo_desc *desc,
                    enum release_by by);
+static int take_pages(struct rcolo_channel *ch, struct rcolo_desc *desc,
+                      const struct rcolo_desc_view *v, uint32_t slot);
 
 /* 0: @desc is the application's; 1: a barrier or session fence, answered
  * here; or -errno. */
@@ -96,15 +98,27 @@ static int take_descriptor(struct rcolo_channel *ch, struct rcolo_desc *desc)
         return 0;
     }
 
-    pthread_mutex_lock(&ch->core->lock);
-    struct rcolo_region *r = rcolo_region_find_locked(ch->s, v.region_id);
-    pthread_mutex_unlock(&ch->core->lock);
+    /* The region is used (bounds, zero pages) only while region_busy is
+     * set: rcolo_region_remove refuses meanwhile (rcolo_chan_region). */
+    __atomic_store_n(&ch->region_busy, 1, __ATOMIC_SEQ_CST);
+    int ret = take_pages(ch, desc, &v, slot);
+    __atomic_store_n(&ch->region_busy, 0, __ATOMIC_RELEASE);
+    return ret;
+}
+
+static int take_pages(struct rcolo_channel *ch, struct rcolo_desc *desc,
+                      const struct rcolo_desc_view *vp, uint32_t slot)
+{
+    struct rcolo_desc_view v = *vp;
+    char detail[96];
+    struct rcolo_region *r = rcolo_chan_region(ch, v.region_id);
+
     if (!r) {
         snprintf(detail, sizeof(detail), " %u", v.region_id);
         return rcolo_chan_fail(ch, -EPROTO, "descriptor names unknown region",
                                detail);
     }
-    uint64_t *offs = rx->offsets + (size_t)slot * RCOLO_MAX_DESC_PAGES;
+    uint64_t *offs = ch->rx.offsets + (size_t)slot * RCOLO_MAX_DESC_PAGES;
     uint32_t bad = 0;
     if (rcolo_desc_offsets(&v, offs, r->length, r->page_size, &bad)) {
         snprintf(detail, sizeof(detail), " (entry %u of region %u, %llu bytes)",

@@ -236,22 +236,20 @@ int rcolo_region_remove(struct rcolo_session *s, uint32_t id)
     bool found;
 
     pthread_mutex_lock(&s->core.lock);
-    if (s->role == RCOLO_PRIMARY) {
-        /* channel.c, chan_region: clear every cache, then look for a
-         * writer; one that starts later finds no cache and waits for the
-         * lock. */
-        for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
-            if (s->chan[i]) {
-                __atomic_store_n(&s->chan[i]->tx.last_region, NULL,
-                                 __ATOMIC_SEQ_CST);
-            }
+    /* rcolo_chan_region: clear every cache, then look for a channel using
+     * one (a primary's writer, a secondary's receive thread decoding a
+     * descriptor); one that starts later finds no cache and waits for the
+     * lock. */
+    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+        if (s->chan[i]) {
+            __atomic_store_n(&s->chan[i]->region_cache, NULL, __ATOMIC_SEQ_CST);
         }
-        for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
-            if (s->chan[i] &&
-                __atomic_load_n(&s->chan[i]->tx.in_write, __ATOMIC_SEQ_CST)) {
-                pthread_mutex_unlock(&s->core.lock);
-                return -EBUSY;
-            }
+    }
+    for (unsigned i = 0; i < RCOLO_MAX_CHANNELS; i++) {
+        if (s->chan[i] &&
+            __atomic_load_n(&s->chan[i]->region_busy, __ATOMIC_SEQ_CST)) {
+            pthread_mutex_unlock(&s->core.lock);
+            return -EBUSY;
         }
     }
     found = g_hash_table_remove(s->regions, GUINT_TO_POINTER(id));

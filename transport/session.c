@@ -78,6 +78,11 @@ static int no_device_error(struct rcolo_error *err)
     return 0;
 }
 
+/* The process's sessions, for async events on a device (see
+ * handle_async_event). */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static GSList *live_sessions; /* under live_lock */
+
 static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
                        struct rcolo_session **out, struct rcolo_error *err)
 {
@@ -122,6 +127,9 @@ static int session_new(enum rcolo_role role, const struct rcolo_uri *uri,
     pthread_mutex_init(&s->ctl.write_lock, NULL);
     s->regions = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL,
                                        rcolo_region_free);
+    pthread_mutex_lock(&live_lock);
+    live_sessions = g_slist_prepend(live_sessions, s);
+    pthread_mutex_unlock(&live_lock);
     *out = s;
     return 0;
 }
@@ -223,9 +231,34 @@ static void handle_cm_event(struct rcolo_session *s)
     }
 }
 
+/*
+ * Async events.  A device context is the process's, shared by every session
+ * on the device (rdma_cm opens each device once), and each session's thread
+ * polls its async fd: the one that reads an event is often not the one it
+ * concerns (two sessions in one QEMU while a failback overlaps).  A QP's or
+ * CQ's event goes to its owner (their qp_context/cq_context,
+ * rcolo_qp_create), a device's or port's to every session on the device.
+ * The owner is alive while the event is not acknowledged (ibv_destroy_qp
+ * and ibv_destroy_cq wait for that), and is told without taking its lock:
+ * @async_event, then its wake-up, from which its own thread fails it.
+ */
+
+static void session_wake(struct rcolo_session *s);
+
+static void async_post(struct rcolo_session *to, enum ibv_event_type type)
+{
+    int none = 0;
+
+    /* The first event is the cause; later ones add nothing. */
+    __atomic_compare_exchange_n(&to->async_event, &none, (int)type + 1, false,
+                                __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    session_wake(to);
+}
+
 static void handle_async_event(struct rcolo_session *s)
 {
     struct ibv_async_event ev;
+    struct rcolo_session *owner = NULL;
 
     if (ibv_get_async_event(s->verbs, &ev)) {
         return;
@@ -234,14 +267,28 @@ static void handle_async_event(struct rcolo_session *s)
     case IBV_EVENT_QP_FATAL:
     case IBV_EVENT_QP_REQ_ERR:
     case IBV_EVENT_QP_ACCESS_ERR:
+        owner = ev.element.qp->qp_context;
+        break;
     case IBV_EVENT_CQ_ERR:
+        owner = ev.element.cq->cq_context;
+        break;
     case IBV_EVENT_DEVICE_FATAL:
     case IBV_EVENT_PORT_ERR:
-        rcolo_fail(&s->core, -EIO, "RDMA async event: %s",
-                   ibv_event_type_str(ev.event_type));
+        pthread_mutex_lock(&live_lock);
+        for (GSList *l = live_sessions; l; l = l->next) {
+            struct rcolo_session *t = l->data;
+
+            if (t->verbs == s->verbs) {
+                async_post(t, ev.event_type);
+            }
+        }
+        pthread_mutex_unlock(&live_lock);
         break;
     default:
         break;
+    }
+    if (owner) {
+        async_post(owner, ev.event_type);
     }
     ibv_ack_async_event(&ev);
 }
@@ -256,6 +303,11 @@ static void *session_thread(void *opaque)
 
         pthread_mutex_lock(&s->core.lock);
         bool stop = s->thread_stop;
+        int posted = __atomic_exchange_n(&s->async_event, 0, __ATOMIC_SEQ_CST);
+        if (posted) {
+            rcolo_fail_locked(&s->core, -EIO, "RDMA async event: %s",
+                              ibv_event_type_str(posted - 1));
+        }
         if (s->state == RCOLO_SESSION_ACCEPTING && !s->core.status) {
             timeout = rcolo_deadline_ms(s->accept_deadline);
             if (timeout == 0) {
@@ -264,6 +316,26 @@ static void *session_thread(void *opaque)
                                   "connection within %d ms (stalled?)",
                                   s->core.timeout_ms);
                 timeout = -1;
+            }
+        }
+        /* Data channels the secondary accepted: the primary owes each
+         * its connection's completion (its RTU) too. */
+        for (unsigned i = 0; !s->core.status && i < RCOLO_MAX_CHANNELS; i++) {
+            struct rcolo_channel *ch = s->chan[i];
+
+            if (s->role != RCOLO_SECONDARY || !ch ||
+                ch->state != RCOLO_CHAN_CONNECTING) {
+                continue;
+            }
+            int left = rcolo_deadline_ms(ch->accept_deadline);
+            if (left == 0) {
+                rcolo_fail_locked(&s->core, -ETIMEDOUT,
+                                  "data channel %u: the primary did not "
+                                  "complete the connection within %d ms "
+                                  "(stalled?)",
+                                  i, s->core.timeout_ms);
+            } else if (timeout < 0 || left < timeout) {
+                timeout = left;
             }
         }
         if (!stop) {
@@ -509,6 +581,11 @@ void rcolo_session_destroy(struct rcolo_session *s)
     if (!s) {
         return;
     }
+    /* No device event for it from now on; QP and CQ events still come,
+     * until they are destroyed below (each waits for its events). */
+    pthread_mutex_lock(&live_lock);
+    live_sessions = g_slist_remove(live_sessions, s);
+    pthread_mutex_unlock(&live_lock);
     if (s->thread_started) {
         pthread_mutex_lock(&s->core.lock);
         s->thread_stop = true;
@@ -537,6 +614,8 @@ void rcolo_session_destroy(struct rcolo_session *s)
         g_hash_table_destroy(s->regions); /* deregisters */
     }
     g_free(s->remote);
+    explicit_bzero(&s->chal, sizeof(s->chal));
+    explicit_bzero(s->uri.token, sizeof(s->uri.token));
     if (s->pd) {
         ibv_dealloc_pd(s->pd);
     }
@@ -582,6 +661,8 @@ int rcolo_session_get_stats(struct rcolo_session *s,
             out->total.owed_wait_ns_max = c.owed_wait_ns_max;
         }
     }
+    out->challenges_issued = s->chal.issued;
+    out->hellos_slowed = s->chal.slowed;
     /* The region table changes under core.lock only. */
     g_hash_table_iter_init(&it, s->regions);
     while (g_hash_table_iter_next(&it, NULL, &value)) {

@@ -49,10 +49,48 @@ static int uri_fail(struct rcolo_error *err, const char *text, const char *what)
                            shown, strlen(shown) > 80 ? "..." : "");
 }
 
+/* A loopback address literal (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104), or
+ * "localhost", whose resolved addresses rcolo_path_resolve checks too.  A
+ * name that merely starts like one ("127.x.example") is not. */
 bool rcolo_host_is_loopback(const char *host)
 {
-    return !strncmp(host, "127.", 4) || !strcmp(host, "::1") ||
-           !strcmp(host, "localhost");
+    struct in_addr a4;
+    struct in6_addr a6;
+
+    if (!strcmp(host, "localhost")) {
+        return true;
+    }
+    if (inet_pton(AF_INET, host, &a4) == 1) {
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    }
+    if (inet_pton(AF_INET6, host, &a6) == 1) {
+        return IN6_IS_ADDR_LOOPBACK(&a6) ||
+               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    }
+    return false;
+}
+
+bool rcolo_sockaddr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa && sa->sa_family == AF_INET6) {
+        const struct in6_addr *a =
+            &((const struct sockaddr_in6 *)sa)->sin6_addr;
+
+        return IN6_IS_ADDR_LOOPBACK(a) ||
+               (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+bool rcolo_uri_needs_loopback(const struct rcolo_uri *uri)
+{
+    return !(uri->flags & RCOLO_URI_INSECURE) &&
+           strlen(uri->token) < RCOLO_MIN_TOKEN;
 }
 
 static bool parse_uint(const char *s, size_t len, unsigned long min,
@@ -543,9 +581,18 @@ int rcolo_uri_check_auth(const struct rcolo_uri *uri, enum rcolo_role role,
                                "secret,id=%s); this one did not",
                                uri->secret_id, uri->secret_id);
     }
-    if (uri->token[0] || (uri->flags & RCOLO_URI_INSECURE) ||
-        rcolo_host_is_loopback(uri->host)) {
+    if (!rcolo_uri_needs_loopback(uri) || rcolo_host_is_loopback(uri->host)) {
         return 0;
+    }
+    if (uri->token[0]) {
+        /* Never the token itself: its length only. */
+        return rcolo_set_error(
+            err, -EACCES,
+            "the token has %zu characters; off loopback (%s) it needs at "
+            "least %d: one recorded handshake lets anyone try short tokens "
+            "offline (use a secret file of 32 random bytes, base64; or "
+            "insecure=on to accept that)",
+            strlen(uri->token), uri->host, RCOLO_MIN_TOKEN);
     }
     switch (role) {
     case RCOLO_SECONDARY:

@@ -153,11 +153,12 @@ int rcolo_slots_post_recv(struct ibv_qp *qp, struct rcolo_slots *r, uint32_t i)
  * FENCE_ACK messages, fence descriptors and short page lists. */
 #define RCOLO_INLINE_WANT 64
 
-static int create_qp(struct rdma_cm_id *id, struct ibv_pd *pd,
+static int create_qp(struct rdma_cm_id *id, struct ibv_pd *pd, void *owner,
                      struct rcolo_qp_res *res, uint32_t send_wr,
                      uint32_t recv_wr, uint32_t max_inline)
 {
     struct ibv_qp_init_attr attr = {
+        .qp_context = owner,
         .send_cq = res->cq,
         .recv_cq = res->cq,
         .cap = {.max_send_wr = send_wr,
@@ -179,7 +180,7 @@ static int create_qp(struct rdma_cm_id *id, struct ibv_pd *pd,
     return 0;
 }
 
-int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd,
+int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd, void *owner,
                     struct rcolo_qp_res *res, uint32_t send_wr,
                     uint32_t recv_wr, struct rcolo_error *err)
 {
@@ -194,15 +195,15 @@ int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd,
     /* Non-blocking, so that a wake-up without an event never blocks. */
     fcntl(res->comp->fd, F_SETFL, fcntl(res->comp->fd, F_GETFL) | O_NONBLOCK);
     res->cq =
-        ibv_create_cq(id->verbs, (int)(send_wr + recv_wr), NULL, res->comp, 0);
+        ibv_create_cq(id->verbs, (int)(send_wr + recv_wr), owner, res->comp, 0);
     if (!res->cq) {
         return rcolo_set_error(err, -errno, "cannot create CQ of %u: %s",
                                send_wr + recv_wr, strerror(errno));
     }
     /* A device without inline sends refuses the request: go without. */
-    ret = create_qp(id, pd, res, send_wr, recv_wr, RCOLO_INLINE_WANT);
+    ret = create_qp(id, pd, owner, res, send_wr, recv_wr, RCOLO_INLINE_WANT);
     if (ret == -EINVAL) {
-        ret = create_qp(id, pd, res, send_wr, recv_wr, 0);
+        ret = create_qp(id, pd, owner, res, send_wr, recv_wr, 0);
     }
     if (ret) {
         return rcolo_set_error(err, ret,
@@ -316,6 +317,30 @@ int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,
     return rcolo_set_error(err, -errnum, "cannot register %s (%llu MiB): %s",
                            what, (unsigned long long)(length >> 20),
                            strerror(errnum));
+}
+
+bool rcolo_wc_opcode_ok(const struct ibv_wc *wc)
+{
+    switch (rcolo_wc_ctx((struct ibv_wc *)wc)->type) {
+    case RCOLO_WR_SEND_SLOT:
+        return wc->opcode == IBV_WC_SEND;
+    case RCOLO_WR_WRITE:
+        return wc->opcode == IBV_WC_RDMA_WRITE;
+    case RCOLO_WR_RECV_SLOT:
+        return wc->opcode == IBV_WC_RECV && !(wc->wc_flags & IBV_WC_WITH_IMM);
+    }
+    return false;
+}
+
+uint32_t rcolo_qp_dest_qpn(struct ibv_qp *qp)
+{
+    struct ibv_qp_attr attr;
+    struct ibv_qp_init_attr init;
+
+    if (ibv_query_qp(qp, &attr, IBV_QP_DEST_QPN, &init)) {
+        return 0;
+    }
+    return attr.dest_qp_num;
 }
 
 int rcolo_cm_tune(struct rdma_cm_id *id, unsigned ack_timeout,

@@ -100,7 +100,9 @@ struct rcolo_qp_res {
     uint32_t max_inline; /* bytes a SEND may carry inline */
 };
 
-int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd,
+/* @owner becomes the QP's qp_context and the CQ's cq_context: an async
+ * event on either names it (the session it belongs to). */
+int rcolo_qp_create(struct rdma_cm_id *id, struct ibv_pd *pd, void *owner,
                     struct rcolo_qp_res *res, uint32_t send_wr,
                     uint32_t recv_wr, struct rcolo_error *err);
 void rcolo_qp_destroy(struct rdma_cm_id *id, struct rcolo_qp_res *res);
@@ -120,6 +122,12 @@ int rcolo_cqs_sleep(struct rcolo_qp_res *const *res, unsigned n,
 /* Message for a failed ibv_reg_mr, naming memlock when it is the cause. */
 int rcolo_reg_mr_error(struct rcolo_error *err, int errnum, uint64_t length,
                        const char *what);
+/* A successful completion is of the kind its work request posted: a SEND
+ * slot's a SEND, a WRITE's an RDMA WRITE, a receive slot's a plain RECV
+ * (no immediate data). */
+bool rcolo_wc_opcode_ok(const struct ibv_wc *wc);
+/* The QP number of @qp's peer (connected: RTR or later), 0 if unknown. */
+uint32_t rcolo_qp_dest_qpn(struct ibv_qp *qp);
 /* Before connect or accept: the QP's local ACK timeout (0: the default). */
 int rcolo_cm_tune(struct rdma_cm_id *id, unsigned ack_timeout,
                   struct rcolo_error *err);

@@ -69,36 +69,41 @@ static const char *mac_label(enum rcolo_mac_kind kind)
 {
     switch (kind) {
     case RCOLO_MAC_CONTROL_REQ:
-        return "rdma-colo v2 control request";
+        return "rdma-colo v6 control request";
     case RCOLO_MAC_CONTROL_REP:
-        return "rdma-colo v2 control accept";
+        return "rdma-colo v6 control accept";
     case RCOLO_MAC_DATA_REQ:
-        return "rdma-colo v2 data request";
+        return "rdma-colo v6 data request";
     case RCOLO_MAC_DATA_REP:
-        return "rdma-colo v2 data accept";
+        return "rdma-colo v6 data accept";
     }
-    return "rdma-colo v2 ?";
+    return "rdma-colo v6 ?";
 }
 
 void rcolo_mac(const char *token, enum rcolo_mac_kind kind,
-               const uint8_t snonce[RCOLO_NONCE_LEN],
-               const uint8_t cnonce[RCOLO_NONCE_LEN], uint16_t index,
-               uint16_t channels, uint16_t depth, uint8_t out[RCOLO_MAC_LEN])
+               const struct rcolo_mac_input *in, uint8_t out[RCOLO_MAC_LEN])
 {
     const char *label = mac_label(kind);
-    uint8_t msg[2 * RCOLO_NONCE_LEN + 6], *p = msg;
+    uint8_t msg[3 * RCOLO_NONCE_LEN + 10], *p = msg;
     uint8_t digest[32];
     gsize dlen = sizeof(digest);
     const char *key = token ? token : "";
     GHmac *h = g_hmac_new(G_CHECKSUM_SHA256, (const guchar *)key, strlen(key));
 
-    memcpy(p, snonce, RCOLO_NONCE_LEN);
+    memcpy(p, in->snonce, RCOLO_NONCE_LEN);
     p += RCOLO_NONCE_LEN;
-    memcpy(p, cnonce, RCOLO_NONCE_LEN);
+    memcpy(p, in->cnonce, RCOLO_NONCE_LEN);
     p += RCOLO_NONCE_LEN;
-    put16(&p, index);
-    put16(&p, channels);
-    put16(&p, depth);
+    if (in->conn_nonce) {
+        memcpy(p, in->conn_nonce, RCOLO_NONCE_LEN);
+    } else {
+        memset(p, 0, RCOLO_NONCE_LEN);
+    }
+    p += RCOLO_NONCE_LEN;
+    put16(&p, in->index);
+    put16(&p, in->channels);
+    put16(&p, in->depth);
+    put32(&p, in->qpn);
     /* The label includes its NUL: no label is a prefix of another's
      * input. */
     g_hmac_update(h, (const guchar *)label, (gssize)strlen(label) + 1);
@@ -106,7 +111,45 @@ void rcolo_mac(const char *token, enum rcolo_mac_kind kind,
     g_hmac_get_digest(h, digest, &dlen);
     g_hmac_unref(h);
     memcpy(out, digest, RCOLO_MAC_LEN);
+    explicit_bzero(digest, sizeof(digest));
+    explicit_bzero(msg, sizeof(msg));
+}
+
+#define CHALLENGE_LABEL "rdma-colo v6 challenge"
+
+void rcolo_challenge_make(const uint8_t key[RCOLO_CHALLENGE_KEY_LEN],
+                          uint32_t expiry, uint16_t serial,
+                          uint8_t out[RCOLO_NONCE_LEN])
+{
+    uint8_t digest[32], *p = out;
+    gsize dlen = sizeof(digest);
+    GHmac *h = g_hmac_new(G_CHECKSUM_SHA256, key, RCOLO_CHALLENGE_KEY_LEN);
+
+    put32(&p, expiry);
+    put16(&p, serial);
+    g_hmac_update(h, (const guchar *)CHALLENGE_LABEL,
+                  (gssize)sizeof(CHALLENGE_LABEL));
+    g_hmac_update(h, out, 6);
+    g_hmac_get_digest(h, digest, &dlen);
+    g_hmac_unref(h);
+    memcpy(p, digest, RCOLO_NONCE_LEN - 6);
     memset(digest, 0, sizeof(digest));
+}
+
+bool rcolo_challenge_check(const uint8_t key[RCOLO_CHALLENGE_KEY_LEN],
+                           const uint8_t nonce[RCOLO_NONCE_LEN],
+                           uint32_t *expiry)
+{
+    uint8_t want[RCOLO_NONCE_LEN];
+    volatile uint8_t diff = 0;
+    const uint8_t *p = nonce;
+
+    *expiry = get32(&p);
+    rcolo_challenge_make(key, *expiry, get16(&p), want);
+    for (unsigned i = 6; i < RCOLO_NONCE_LEN; i++) {
+        diff |= want[i] ^ nonce[i];
+    }
+    return diff == 0;
 }
 
 bool rcolo_mac_equal(const uint8_t a[RCOLO_MAC_LEN],
@@ -305,6 +348,8 @@ const char *rcolo_reject_str(int reason)
         return "channel count or depth out of range";
     case RCOLO_REJ_CHALLENGE:
         return "challenge (not an error)";
+    case RCOLO_REJ_SLOW_DOWN:
+        return "too many connection attempts from this address";
     default:
         return "unknown reason";
     }

@@ -29,7 +29,7 @@ enum rcolo_conn_role {
 };
 
 /*
- * The handshake (protocol version 2; docs/protocol.md has the sequence).
+ * The handshake (protocol version 6; docs/protocol.md has the sequence).
  * Every secret-bearing field is a truncated HMAC-SHA256 keyed with the
  * session token, so nothing on the wire can be replayed into another
  * connection:
@@ -40,13 +40,15 @@ enum rcolo_conn_role {
  *      secondary checks the challenge is its own and unused, then the
  *      MAC in constant time, and only then allocates anything;
  *      secondary <- REP(mac_rep)                   proves the secondary
- *   3. primary  -> DATA REQ i (snonce, cnonce, mac_data(i))
+ *   3. primary  -> DATA REQ i (snonce, dnonce, mac_data(i))   dnonce fresh
  *      secondary <- REP(mac_data_rep(i))
+ *   Every MAC also covers the prover's QP number (struct rcolo_mac_input).
  *
  * REQ (primary -> secondary, RCOLO_WIRE_REQ_LEN = 56, the most rdma_cm
  * carries over IB/RoCE):
  *   magic u32, version u8, role u8, index u16, channels u16, depth u16,
- *   snonce[12], cnonce[12], mac[20]
+ *   snonce[12], cnonce[12] (a DATA REQ: the channel's own nonce, the
+ *   session's cnonce being known to both), mac[20]
  * REP (secondary -> primary on accept, 30 bytes):
  *   magic u32, version u8, status u8, channels u16, depth u16, mac[20]
  * REJ (secondary -> primary, 20 bytes):
@@ -73,6 +75,7 @@ enum rcolo_reject_reason {
     RCOLO_REJ_NO_RESOURCES = 8, /* region registration or QP failed */
     RCOLO_REJ_BAD_PARAMS = 9,   /* channels/depth out of range */
     RCOLO_REJ_CHALLENGE = 10,   /* answer to HELLO: not an error */
+    RCOLO_REJ_SLOW_DOWN = 11,   /* too many HELLOs from this address */
     RCOLO_REJ__MAX
 };
 
@@ -109,18 +112,50 @@ enum rcolo_mac_kind {
 };
 
 /*
- * HMAC-SHA256(token, label(kind) | snonce | cnonce | index | channels |
- * depth), truncated to RCOLO_MAC_LEN.  @token is NUL-terminated (an empty
- * token still yields a MAC, which then proves nothing).
+ * What a MAC covers (protocol version 6): the session's two nonces, the
+ * connection's own nonce (a data channel's, fresh for each connect; none
+ * for the control connection, whose snonce is fresh), the channel index,
+ * the parameters, and the QP number of the side that proves (its CM
+ * message carries it): a proof cannot be replayed from another QP, nor
+ * into another connection.
+ */
+struct rcolo_mac_input {
+    const uint8_t *snonce;     /* RCOLO_NONCE_LEN, the session's */
+    const uint8_t *cnonce;     /* RCOLO_NONCE_LEN, the session's */
+    const uint8_t *conn_nonce; /* RCOLO_NONCE_LEN, or NULL: none (zeros) */
+    uint16_t index, channels, depth;
+    uint32_t qpn;
+};
+
+/*
+ * HMAC-SHA256(token, label(kind) NUL | snonce | cnonce | conn_nonce |
+ * index | channels | depth | qpn), truncated to RCOLO_MAC_LEN; integers
+ * big-endian.  @token is NUL-terminated (an empty token still yields a MAC,
+ * which then proves nothing).
  */
 void rcolo_mac(const char *token, enum rcolo_mac_kind kind,
-               const uint8_t snonce[RCOLO_NONCE_LEN],
-               const uint8_t cnonce[RCOLO_NONCE_LEN], uint16_t index,
-               uint16_t channels, uint16_t depth, uint8_t out[RCOLO_MAC_LEN]);
+               const struct rcolo_mac_input *in, uint8_t out[RCOLO_MAC_LEN]);
 /* Constant-time comparison: the time does not depend on where @a and @b
  * differ. */
 bool rcolo_mac_equal(const uint8_t a[RCOLO_MAC_LEN],
                      const uint8_t b[RCOLO_MAC_LEN]);
+
+/*
+ * Stateless challenges (HELLO's answer; protocol version 6): be32 @expiry |
+ * be16 @serial | the first 6 bytes of HMAC-SHA256(@key, label | expiry |
+ * serial), @key the secondary's own random key.  The secondary stores
+ * nothing when it hands one out, so no flood of HELLOs can evict another's
+ * challenge; it checks a returned one by its MAC (in constant time) and its
+ * expiry.  A 48-bit MAC is enough: a challenge lives for timeout= at most.
+ */
+#define RCOLO_CHALLENGE_KEY_LEN 32
+void rcolo_challenge_make(const uint8_t key[RCOLO_CHALLENGE_KEY_LEN],
+                          uint32_t expiry, uint16_t serial,
+                          uint8_t out[RCOLO_NONCE_LEN]);
+/* Whether @nonce was made with @key; its expiry in @expiry. */
+bool rcolo_challenge_check(const uint8_t key[RCOLO_CHALLENGE_KEY_LEN],
+                           const uint8_t nonce[RCOLO_NONCE_LEN],
+                           uint32_t *expiry);
 
 size_t rcolo_req_encode(const struct rcolo_req *r, uint8_t *buf, size_t size);
 /* Structure and ranges only (the MAC and nonces are the session's to

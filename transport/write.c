@@ -19,29 +19,6 @@
  * can be reclaimed. */
 #define RCOLO_SIGNAL_EVERY 64
 
-/*
- * The region a write goes to, without the session lock when it is the last
- * one's.  Against rcolo_region_remove (a Dekker pair): this side sets
- * in_write, then reads the cache; remove clears every cache, then reads
- * every in_write.  So either remove sees in_write and refuses, or this side
- * sees the cleared cache and looks the region up under the lock, after
- * remove freed it.  A region is never used after it was freed.
- */
-static struct rcolo_region *chan_region(struct rcolo_channel *ch, uint32_t id)
-{
-    struct rcolo_region *r =
-        __atomic_load_n(&ch->tx.last_region, __ATOMIC_SEQ_CST);
-
-    if (r && r->id == id) {
-        return r;
-    }
-    pthread_mutex_lock(&ch->core->lock);
-    r = rcolo_region_find_locked(ch->s, id);
-    __atomic_store_n(&ch->tx.last_region, r, __ATOMIC_RELAXED);
-    pthread_mutex_unlock(&ch->core->lock);
-    return r;
-}
-
 static bool have_credit(void *arg)
 {
     struct rcolo_channel *ch = arg;
@@ -226,7 +203,7 @@ static int write_pages(struct rcolo_channel *ch, uint32_t region_id,
         (nzero && !zero)) {
         return -EINVAL;
     }
-    r = chan_region(ch, region_id);
+    r = rcolo_chan_region(ch, region_id);
     if (!r) {
         return -ENOENT;
     }
@@ -270,9 +247,9 @@ int rcolo_write_pages(struct rcolo_channel *ch, uint32_t region_id,
     if (ch->role != RCOLO_PRIMARY) {
         return -EINVAL;
     }
-    __atomic_store_n(&ch->tx.in_write, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&ch->region_busy, 1, __ATOMIC_SEQ_CST);
     ret = write_pages(ch, region_id, offsets, n, zero, nzero);
-    __atomic_store_n(&ch->tx.in_write, 0, __ATOMIC_RELEASE);
+    __atomic_store_n(&ch->region_busy, 0, __ATOMIC_RELEASE);
     return ret;
 }
 

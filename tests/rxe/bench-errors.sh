@@ -32,9 +32,15 @@ out=$( (ulimit -l 64; setpriv --reuid=65534 --regid=65534 --clear-groups \
     timeout 60 "$bench" --transport rdma "${small[@]}") 2>&1)
 expect "memlock too low" $? "$out" "locked-memory limit is 64 KiB.*ulimit -l"
 
-out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9?token=t" \
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9?token=unreachable-test-token" \
     --transport rdma "${small[@]}" 2>&1)
 expect "peer unreachable" $? "$out" "refused \(nobody listening there\?\)"
+
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9?token=Sh0rt" \
+    --transport rdma "${small[@]}" 2>&1)
+expect "a short token on a fabric address" $? "$out" \
+    "the token has 5 characters; off loopback \($addr\) it needs at least 16"
+[[ $out != *Sh0rt* ]] || { echo "FAIL: the short token was printed: $out"; fail=1; }
 
 out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:9" \
     --transport rdma "${small[@]}" 2>&1)
@@ -42,18 +48,18 @@ expect "no token on a fabric address" $? "$out" \
     "refusing to connect to $addr without a token"
 
 port=$((30000 + $$ % 20000))
-timeout 60 "$bench" --role secondary --uri "rdma-colo:$addr:$port?token=right" \
+timeout 60 "$bench" --role secondary --uri "rdma-colo:$addr:$port?token=right-token-0123456789" \
     --transport rdma "${small[@]}" >/dev/null 2>&1 &
 sec=$!
 sleep 2
-out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:$port?token=wrong" \
+out=$(timeout 60 "$bench" --role primary --uri "rdma-colo:$addr:$port?token=wrong-token-0123456789" \
     --transport rdma "${small[@]}" 2>&1)
 expect "wrong token" $? "$out" "refused the connection: wrong session token"
 kill $sec 2>/dev/null
 wait $sec 2>/dev/null
 
 port=$((port + 1))
-"$bench" --role secondary --uri "rdma-colo:$addr:$port?token=k" --transport rdma \
+"$bench" --role secondary --uri "rdma-colo:$addr:$port?token=kill-test-token-0123" --transport rdma \
     --size 64M --dirty 8M --checkpoints 1000 --quiet >/dev/null 2>&1 &
 sec=$!
 sleep 2
@@ -63,7 +69,7 @@ sleep 2
 # failed work request or a reset), never a hang.
 ( sleep 6; kill -9 $sec ) &
 start=$(date +%s)
-out=$(timeout 120 "$bench" --role primary --uri "rdma-colo:$addr:$port?token=k" \
+out=$(timeout 120 "$bench" --role primary --uri "rdma-colo:$addr:$port?token=kill-test-token-0123" \
     --transport rdma --size 64M --dirty 8M --checkpoints 1000 --quiet 2>&1)
 rc=$?
 expect "secondary killed mid-run ($(( $(date +%s) - start )) s)" $rc "$out" \

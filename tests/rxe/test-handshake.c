@@ -22,23 +22,28 @@
  * naming both versions).
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "internal.h" /* the secondary's nonces, to forge channel REQs */
 
-#define TOKEN      "handshake-test"
+#define TOKEN      "handshake-test-token"
 #define CHANNELS   2
 #define TIMEOUT_MS 20000
 #define REGION_LEN (4u << 20)
 
 static const char *addr;
+
+/* The QP number every raw client's CM request carries. */
+#define RAW_QPN 0xabcde
 
 static unsigned cases;
 
@@ -99,7 +104,7 @@ static struct answer raw_connect_keep(const char *port, const void *pdata,
         .responder_resources = 1,
         .initiator_depth = 1,
         .retry_count = 7,
-        .qp_num = 0xabcde,
+        .qp_num = RAW_QPN,
     };
     CHECK(rdma_connect(id, &param) == 0, "rdma_connect: %s", strerror(errno));
     CHECK(rdma_get_cm_event(ch, &ev) == 0, "cm event");
@@ -156,11 +161,19 @@ static struct rcolo_rej expect_rej(const char *port, const char *what,
     return j;
 }
 
-static size_t req(uint8_t *buf, enum rcolo_conn_role role, uint16_t index,
-                  uint16_t channels, const uint8_t *snonce,
-                  const uint8_t *cnonce, const char *token,
-                  enum rcolo_mac_kind kind)
+/*
+ * A REQ proved with @token as the QP @qpn: a control REQ over @snonce and
+ * @cnonce; a data REQ over the session's @snonce and @cnonce and a
+ * channel nonce of its own (in its cnonce field, as the library's).
+ */
+static size_t req_qp(uint8_t *buf, enum rcolo_conn_role role, uint16_t index,
+                     uint16_t channels, const uint8_t *snonce,
+                     const uint8_t *cnonce, const char *token,
+                     enum rcolo_mac_kind kind, uint32_t qpn)
 {
+    static const uint8_t dnonce[RCOLO_NONCE_LEN] = {
+        0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77, 0x77};
+    uint8_t zero[RCOLO_NONCE_LEN] = {0};
     struct rcolo_req r = {
         .version = RCOLO_PROTOCOL_VERSION,
         .role = role,
@@ -168,17 +181,38 @@ static size_t req(uint8_t *buf, enum rcolo_conn_role role, uint16_t index,
         .channels = channels,
         .depth = role == RCOLO_CONN_CONTROL ? 64 : 0,
     };
+    bool data = role == RCOLO_CONN_DATA;
+
     if (snonce) {
         memcpy(r.snonce, snonce, RCOLO_NONCE_LEN);
     }
-    if (cnonce) {
+    if (data) {
+        memcpy(r.cnonce, dnonce, RCOLO_NONCE_LEN);
+    } else if (cnonce) {
         memcpy(r.cnonce, cnonce, RCOLO_NONCE_LEN);
     }
     if (token) {
-        rcolo_mac(token, kind, r.snonce, r.cnonce, r.index, r.channels, r.depth,
-                  r.mac);
+        struct rcolo_mac_input in = {
+            .snonce = r.snonce,
+            .cnonce = data ? (cnonce ? cnonce : zero) : r.cnonce,
+            .conn_nonce = data ? dnonce : NULL,
+            .index = r.index,
+            .channels = r.channels,
+            .depth = r.depth,
+            .qpn = qpn,
+        };
+        rcolo_mac(token, kind, &in, r.mac);
     }
     return rcolo_req_encode(&r, buf, RCOLO_WIRE_REQ_LEN);
+}
+
+static size_t req(uint8_t *buf, enum rcolo_conn_role role, uint16_t index,
+                  uint16_t channels, const uint8_t *snonce,
+                  const uint8_t *cnonce, const char *token,
+                  enum rcolo_mac_kind kind)
+{
+    return req_qp(buf, role, index, channels, snonce, cnonce, token, kind,
+                  RAW_QPN);
 }
 
 static struct rcolo_rej challenge(const char *port)
@@ -225,6 +259,18 @@ static void *accept_thread(void *opaque)
     for (unsigned i = 0; !a->ret && i < CHANNELS; i++) {
         a->ret = rcolo_channel_accept(a->s, i, TIMEOUT_MS, &a->ch[i], &err);
     }
+    if (a->ret) {
+        fprintf(stderr, "secondary: %s\n", err.message);
+    }
+    return NULL;
+}
+
+static void *control_accept_thread(void *opaque)
+{
+    struct accepter *a = opaque;
+    struct rcolo_error err = {0};
+
+    a->ret = rcolo_accept(a->s, TIMEOUT_MS, &err);
     if (a->ret) {
         fprintf(stderr, "secondary: %s\n", err.message);
     }
@@ -279,10 +325,28 @@ static void part_secondary(void)
             RCOLO_MAC_CONTROL_REQ);
     expect_rej(port, "CONTROL(challenge 1) proved with another token", buf, n,
                RCOLO_REJ_BAD_TOKEN);
-    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, x.snonce, nonce, TOKEN,
+    /* A wrong proof uses nothing up (it costs its address a HELLO): the
+     * challenge may be answered again until it expires or is answered
+     * right. */
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, x.snonce, nonce, "guess2",
             RCOLO_MAC_CONTROL_REQ);
-    expect_rej(port, "CONTROL(challenge 1 again) with the right proof", buf, n,
-               RCOLO_REJ_BAD_NONCE);
+    expect_rej(port, "CONTROL(challenge 1 again) with a third token", buf, n,
+               RCOLO_REJ_BAD_TOKEN);
+    /* A challenge of the right shape made with another key. */
+    uint8_t forged[RCOLO_NONCE_LEN], otherkey[RCOLO_CHALLENGE_KEY_LEN];
+    memset(otherkey, 0x33, sizeof(otherkey));
+    memcpy(forged, x.snonce, 6); /* its expiry and serial */
+    rcolo_challenge_make(otherkey,
+                         ((uint32_t)x.snonce[0] << 24) |
+                             ((uint32_t)x.snonce[1] << 16) |
+                             ((uint32_t)x.snonce[2] << 8) | x.snonce[3],
+                         (uint16_t)(x.snonce[4] << 8 | x.snonce[5]), forged);
+    n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, forged, nonce, TOKEN,
+            RCOLO_MAC_CONTROL_REQ);
+    expect_rej(port,
+               "CONTROL answering challenge 1 re-signed with another "
+               "key",
+               buf, n, RCOLO_REJ_BAD_NONCE);
     n = req(buf, RCOLO_CONN_CONTROL, 0, CHANNELS, y.snonce, nonce, TOKEN,
             RCOLO_MAC_CONTROL_REQ);
     buf[9] = CHANNELS + 1; /* channels, after the proof was made */
@@ -325,6 +389,31 @@ static void part_secondary(void)
     }
     CHECK(rcolo_fence(p, TIMEOUT_MS) == 0, "fence: %s", rcolo_session_error(p));
     printf("  a real primary connected after all that and fenced\n");
+    /* No QP of either side takes an RDMA READ or atomic (responder
+     * resources 0), nor issues one: the MRs are not the only guard. */
+    struct ibv_qp *qps[2 * (CHANNELS + 1)];
+    unsigned nqp = 0;
+    qps[nqp++] = s->ctl.id->qp;
+    qps[nqp++] = p->ctl.id->qp;
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        qps[nqp++] = acc.ch[i]->id->qp;
+        qps[nqp++] = pch[i]->id->qp;
+    }
+    for (unsigned i = 0; i < nqp; i++) {
+        struct ibv_qp_attr a;
+        struct ibv_qp_init_attr ia;
+        CHECK(ibv_query_qp(qps[i], &a,
+                           IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MAX_QP_RD_ATOMIC,
+                           &ia) == 0,
+              "ibv_query_qp");
+        CHECK(a.max_dest_rd_atomic == 0 && a.max_rd_atomic == 0,
+              "QP %u of the %s: max_dest_rd_atomic %u, max_rd_atomic %u", i,
+              i % 2 ? "primary" : "secondary", a.max_dest_rd_atomic,
+              a.max_rd_atomic);
+    }
+    printf("  its %u QPs and the secondary's grant no RDMA READ or atomic "
+           "(max_dest_rd_atomic 0) and issue none (max_rd_atomic 0)\n",
+           nqp / 2);
 
     n = req(buf, RCOLO_CONN_HELLO, 0, 0, NULL, NULL, NULL, 0);
     expect_rej(port, "HELLO while a primary is connected", buf, n,
@@ -336,8 +425,13 @@ static void part_secondary(void)
                RCOLO_REJ_BAD_NONCE);
     n = req(buf, RCOLO_CONN_DATA, 0, 0, s->snonce, s->cnonce, TOKEN,
             RCOLO_MAC_DATA_REQ);
-    expect_rej(port, "replay of the real primary's DATA 0 REQ", buf, n,
-               RCOLO_REJ_BAD_CHANNEL);
+    expect_rej(port, "DATA 0 of this session, right proof (index taken)", buf,
+               n, RCOLO_REJ_BAD_CHANNEL);
+    /* What a replay from another QP is: a proof made for another QP. */
+    n = req_qp(buf, RCOLO_CONN_DATA, 1, 0, s->snonce, s->cnonce, TOKEN,
+               RCOLO_MAC_DATA_REQ, RAW_QPN + 1);
+    expect_rej(port, "DATA 1 proved for another QP (a replay)", buf, n,
+               RCOLO_REJ_BAD_TOKEN);
     n = req(buf, RCOLO_CONN_DATA, CHANNELS, 0, s->snonce, s->cnonce, TOKEN,
             RCOLO_MAC_DATA_REQ);
     expect_rej(port, "DATA index = channels, right proof", buf, n,
@@ -348,7 +442,11 @@ static void part_secondary(void)
                RCOLO_REJ_BAD_TOKEN);
     n = req(buf, RCOLO_CONN_DATA, 1, 0, s->snonce, nonce, TOKEN,
             RCOLO_MAC_DATA_REQ);
-    expect_rej(port, "DATA with another primary nonce", buf, n,
+    expect_rej(port, "DATA proved with another primary nonce", buf, n,
+               RCOLO_REJ_BAD_TOKEN);
+    n = req(buf, RCOLO_CONN_DATA, 1, 0, nonce, s->cnonce, TOKEN,
+            RCOLO_MAC_DATA_REQ);
+    expect_rej(port, "DATA of another session (its challenge)", buf, n,
                RCOLO_REJ_BAD_NONCE);
 
     CHECK(rcolo_fence(p, TIMEOUT_MS) == 0, "fence after the attacks: %s",
@@ -405,6 +503,51 @@ static void part_stalled_handshake(void)
           "accept returned %d (%s)", ret, err.message);
     CHECK(dt > 1.0 && dt < 10.0, "gave up after %.2f s, timeout=2000", dt);
     cases++;
+    rcolo_session_destroy(s);
+    munmap(cache, REGION_LEN);
+    rdma_destroy_id(id);
+    rdma_destroy_event_channel(ch);
+
+    /* The same for a data channel: a real primary connects the control
+     * connection and channel 0; channel 1's REQ, proved, never completes. */
+    uri_timeout_ms = 2000;
+    s = secondary(port, sizeof(port));
+    uri_timeout_ms = RCOLO_DEFAULT_TIMEOUT_MS;
+    struct accepter acc = {.s = s};
+    pthread_t t;
+    struct rcolo_uri uri;
+    struct rcolo_session *p;
+    struct rcolo_channel *pch0, *sch;
+
+    pthread_create(&t, NULL, control_accept_thread, &acc);
+    uri_for(&uri, port, TOKEN);
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &p, &err) == 0, "connect: %s",
+          err.message);
+    pthread_join(t, NULL);
+    CHECK(acc.ret == 0, "secondary accept failed");
+    CHECK(rcolo_channel_connect(p, 0, TIMEOUT_MS, &pch0, &err) == 0,
+          "channel 0: %s", err.message);
+    CHECK(rcolo_channel_accept(s, 0, TIMEOUT_MS, &sch, &err) == 0,
+          "accept of channel 0: %s", err.message);
+    n = req(buf, RCOLO_CONN_DATA, 1, 0, s->snonce, s->cnonce, TOKEN,
+            RCOLO_MAC_DATA_REQ);
+    a = raw_connect_keep(port, buf, n, &id, &ch);
+    printf("  sent %-58s -> %s, and no RTU\n",
+           "DATA 1 of the session with the right proof",
+           rdma_event_str(a.event));
+    CHECK(a.event == RDMA_CM_EVENT_CONNECT_RESPONSE,
+          "the secondary did not accept a proved data channel: %s",
+          rdma_event_str(a.event));
+    t0 = now_s();
+    ret = rcolo_channel_accept(s, 1, 20000, &sch, &err);
+    dt = now_s() - t0;
+    printf("  the secondary gave up after %.2f s: %d (%s)\n", dt, ret,
+           err.message);
+    CHECK(ret == -ETIMEDOUT && strstr(err.message, "data channel 1"),
+          "channel accept returned %d (%s)", ret, err.message);
+    CHECK(dt > 1.0 && dt < 10.0, "gave up after %.2f s, timeout=2000", dt);
+    cases++;
+    rcolo_session_destroy(p);
     rcolo_session_destroy(s);
     munmap(cache, REGION_LEN);
     rdma_destroy_id(id);
@@ -475,8 +618,12 @@ static void *fake_thread(void *opaque)
             continue;
         }
         if (f->mode == FAKE_WRONG_PROOF) {
-            rcolo_mac("not-the-token", RCOLO_MAC_CONTROL_REP, r.snonce,
-                      r.cnonce, 0, rep.channels, rep.depth, rep.mac);
+            struct rcolo_mac_input in = {.snonce = r.snonce,
+                                         .cnonce = r.cnonce,
+                                         .channels = rep.channels,
+                                         .depth = rep.depth,
+                                         .qpn = 0x12345};
+            rcolo_mac("not-the-token", RCOLO_MAC_CONTROL_REP, &in, rep.mac);
         }
         param.private_data_len =
             (uint8_t)rcolo_rep_encode(&rep, out, sizeof(out));
@@ -538,7 +685,196 @@ static void part_primary(void)
               "a secondary of the next protocol version");
 }
 
-int main(void)
+/* ------------------------------------------------------- flood */
+
+/*
+ * test-handshake flood (pair topology): a flood of HELLOs from another
+ * process, on the secondary's own node (another source address than the
+ * primary's), before, while and after a real primary connects.  The
+ * secondary hands out stateless challenges and limits HELLOs per source
+ * address: the flood can neither evict the primary's challenge nor take
+ * its turn, and the primary connects, opens its channels and fences.
+ */
+#define FLOOD_THREADS 4
+#define FLOOD_MIN     1000
+
+struct flood_counts {
+    volatile int go, stop;
+    char port[8];
+    unsigned long sent, challenged, slowed, other;
+};
+static struct flood_counts *flood;
+
+/* One HELLO from @src to addr:port; the REJ's reason (0: no REJ). */
+static int flood_hello(const char *src, const char *port)
+{
+    struct rdma_event_channel *ch = rdma_create_event_channel();
+    struct rdma_addrinfo hints = {.ai_port_space = RDMA_PS_TCP}, *ai, *sai;
+    struct rdma_cm_id *id;
+    struct rdma_cm_event *ev;
+    uint8_t buf[64];
+    size_t n = req(buf, RCOLO_CONN_HELLO, 0, 0, NULL, NULL, NULL, 0);
+    int reason = 0;
+
+    CHECK(ch && rdma_create_id(ch, &id, NULL, RDMA_PS_TCP) == 0, "flood: id");
+    CHECK(rdma_getaddrinfo(addr, port, &hints, &ai) == 0 &&
+              rdma_getaddrinfo(src, NULL, &hints, &sai) == 0,
+          "flood: getaddrinfo");
+    CHECK(rdma_resolve_addr(id, sai->ai_dst_addr, ai->ai_dst_addr, 2000) == 0,
+          "flood: resolve_addr");
+    rdma_freeaddrinfo(ai);
+    rdma_freeaddrinfo(sai);
+    if (rdma_get_cm_event(ch, &ev) == 0) {
+        bool ok = ev->event == RDMA_CM_EVENT_ADDR_RESOLVED;
+        rdma_ack_cm_event(ev);
+        if (ok && rdma_resolve_route(id, 2000) == 0 &&
+            rdma_get_cm_event(ch, &ev) == 0) {
+            ok = ev->event == RDMA_CM_EVENT_ROUTE_RESOLVED;
+            rdma_ack_cm_event(ev);
+            struct rdma_conn_param param = {
+                .private_data = buf,
+                .private_data_len = (uint8_t)n,
+                .qp_num = 0xf100d,
+            };
+            if (ok && rdma_connect(id, &param) == 0 &&
+                rdma_get_cm_event(ch, &ev) == 0) {
+                struct rcolo_rej j;
+                if (ev->event == RDMA_CM_EVENT_REJECTED &&
+                    rcolo_rej_decode(ev->param.conn.private_data,
+                                     ev->param.conn.private_data_len,
+                                     &j) == 0) {
+                    reason = j.reason;
+                }
+                rdma_ack_cm_event(ev);
+            }
+        }
+    }
+    rdma_destroy_id(id);
+    rdma_destroy_event_channel(ch);
+    return reason;
+}
+
+static void *flood_thread(void *arg)
+{
+    const char *src = arg;
+
+    while (!flood->stop) {
+        int r = flood_hello(src, flood->port);
+        __atomic_add_fetch(&flood->sent, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(r == RCOLO_REJ_CHALLENGE   ? &flood->challenged
+                           : r == RCOLO_REJ_SLOW_DOWN ? &flood->slowed
+                                                      : &flood->other,
+                           1, __ATOMIC_RELAXED);
+    }
+    return NULL;
+}
+
+static unsigned long flood_sent(void)
+{
+    return __atomic_load_n(&flood->sent, __ATOMIC_RELAXED);
+}
+
+static int test_flood(void)
+{
+    const char *topo = getenv("RDMA_COLO_TOPOLOGY");
+    const char *src = getenv("RDMA_COLO_TEST_PEER_ADDR");
+
+    CHECK(topo && !strcmp(topo, "pair") && src,
+          "needs the pair topology (the flood comes from the secondary's "
+          "node, the primary from the other): scripts/with-rxe --topology "
+          "pair");
+    flood = mmap(NULL, sizeof(*flood), PROT_READ | PROT_WRITE,
+                 MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(flood != MAP_FAILED, "mmap");
+    /* The flooder is forked before this process opens a device. */
+    pid_t flooder = fork();
+    CHECK(flooder >= 0, "fork");
+    if (flooder == 0) {
+        pthread_t t[FLOOD_THREADS];
+
+        check_side = "flooder";
+        alarm(200);
+        while (!flood->go) {
+            usleep(1000);
+        }
+        for (unsigned i = 0; i < FLOOD_THREADS; i++) {
+            pthread_create(&t[i], NULL, flood_thread, (void *)src);
+        }
+        for (unsigned i = 0; i < FLOOD_THREADS; i++) {
+            pthread_join(t[i], NULL);
+        }
+        _exit(0);
+    }
+
+    char port[8];
+    struct rcolo_session *s = secondary(port, sizeof(port));
+    struct accepter acc = {.s = s};
+    pthread_t t;
+    struct rcolo_uri uri;
+    struct rcolo_error err = {0};
+    struct rcolo_session *p;
+    struct rcolo_channel *pch[CHANNELS];
+    struct rcolo_session_stats ps, ss;
+
+    snprintf(flood->port, sizeof(flood->port), "%s", port);
+    flood->go = 1;
+    double t0 = now_s();
+    /* FLOOD_MIN HELLOs before the primary starts, and on until it has
+     * fenced. */
+    while (flood_sent() < FLOOD_MIN) {
+        CHECK(now_s() - t0 < 60, "the flood sent only %lu HELLOs in 60 s",
+              flood_sent());
+        usleep(10000);
+    }
+    unsigned long before = flood_sent();
+    double t1 = now_s();
+    pthread_create(&t, NULL, accept_thread, &acc);
+    uri_for(&uri, port, TOKEN);
+    CHECK(rcolo_connect(&uri, TIMEOUT_MS, &p, &err) == 0,
+          "connect under the flood: %s", err.message);
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        CHECK(rcolo_channel_connect(p, i, TIMEOUT_MS, &pch[i], &err) == 0,
+              "channel %u: %s", i, err.message);
+    }
+    double connected = now_s() - t1;
+    unsigned long during = flood_sent() - before;
+    pthread_join(t, NULL);
+    CHECK(acc.ret == 0, "secondary accept failed");
+    pthread_t serve[CHANNELS];
+    for (unsigned i = 0; i < CHANNELS; i++) {
+        pthread_create(&serve[i], NULL, serve_thread, acc.ch[i]);
+    }
+    CHECK(rcolo_fence(p, TIMEOUT_MS) == 0, "fence: %s", rcolo_session_error(p));
+    flood->stop = 1;
+    int st;
+    CHECK(waitpid(flooder, &st, 0) == flooder && WIFEXITED(st) &&
+              WEXITSTATUS(st) == 0,
+          "flooder failed (status 0x%x)", st);
+    CHECK(rcolo_fence(p, TIMEOUT_MS) == 0, "fence after the flood: %s",
+          rcolo_session_error(p));
+    rcolo_session_get_stats(p, &ps);
+    rcolo_session_get_stats(s, &ss);
+    printf("test-handshake flood: %lu HELLOs from %s (%d threads) in %.1f s, "
+           "%lu of them while the primary connected (the rest before it "
+           "started): %lu answered with a "
+           "challenge, %lu with SLOW_DOWN, %lu otherwise (BUSY once a primary "
+           "is connected); the secondary handed out %" PRIu64
+           " challenges and slowed %" PRIu64 " HELLOs down\n",
+           flood_sent(), src, FLOOD_THREADS, now_s() - t0, during,
+           flood->challenged, flood->slowed, flood->other, ss.challenges_issued,
+           ss.hellos_slowed);
+    printf("test-handshake flood: the primary from %s connected its control "
+           "connection and %d channels in %.2f s under the flood (%" PRIu64
+           " retries) and fenced before and after it\n",
+           getenv("RDMA_COLO_TEST_ADDR"), CHANNELS, connected,
+           ps.connect_retries);
+    CHECK(ss.hellos_slowed > 0, "the flood was never slowed down");
+    rcolo_session_destroy(p);
+    rcolo_session_destroy(s);
+    return 0;
+}
+
+int main(int argc, char **argv)
 {
     check_prog = "test-handshake";
     /* The secondaries (real and fake) on the other node on the pair
@@ -546,6 +882,11 @@ int main(void)
     addr = peer_addr();
     CHECK(addr, "RDMA_COLO_TEST_ADDR not set: run under scripts/with-rxe");
     alarm(300);
+    if (argc == 2 && !strcmp(argv[1], "flood")) {
+        check_prog = "test-handshake flood";
+        return test_flood();
+    }
+    CHECK(argc == 1, "usage: test-handshake [flood]");
     part_secondary();
     part_stalled_handshake();
     part_primary();

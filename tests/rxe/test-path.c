@@ -43,8 +43,9 @@ static void parse(struct rcolo_uri *uri, const char *port, const char *opts)
     char text[512];
     struct rcolo_error err = {0};
 
-    snprintf(text, sizeof(text), "rdma-colo:%s:%s?token=path-test%s%s", peer,
-             port, *opts ? "&" : "", opts);
+    snprintf(text, sizeof(text),
+             "rdma-colo:%s:%s?token=path-test-token-0123%s%s", peer, port,
+             *opts ? "&" : "", opts);
     CHECK(rcolo_uri_parse(text, uri, &err) == 0, "%s: %s", text, err.message);
 }
 

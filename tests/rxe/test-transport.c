@@ -82,7 +82,7 @@ static void uri_for(struct rcolo_uri *uri, const char *port, const char *token)
     /* Every session is authenticated, as users run it. */
     snprintf(text, sizeof(text),
              "rdma-colo:%s:%s?channels=%u&depth=32&token=%s", addr, port,
-             uri_channels, token ? token : "rxe-test");
+             uri_channels, token ? token : "rxe-test-token-0123");
     if (uri_timeout_ms) {
         snprintf(text + strlen(text), sizeof(text) - strlen(text),
                  "&timeout=%u", uri_timeout_ms);
@@ -604,8 +604,9 @@ static int test_replicate(bool background)
 {
     char port[8];
     long long link0 = link_tx_bytes();
-    pid_t child = fork_secondary(port, sizeof(port), "s3cret", false);
-    struct primary *p = connect_primary(port, "s3cret");
+    pid_t child =
+        fork_secondary(port, sizeof(port), "s3cret-token-0123", false);
+    struct primary *p = connect_primary(port, "s3cret-token-0123");
     uint64_t rng = 0x1234567;
 
     CHECK(rcolo_channel_set_desc_batch(p->ch[0], RCOLO_MAX_DESC_PAGES + 1) ==
@@ -861,8 +862,9 @@ static int test_wrong_token(void)
     struct rcolo_error err = {0};
     struct rcolo_session *s = NULL;
 
-    pid_t child = fork_secondary(port, sizeof(port), "right", true);
-    uri_for(&uri, port, "wrong");
+    pid_t child =
+        fork_secondary(port, sizeof(port), "right-token-0123456", true);
+    uri_for(&uri, port, "wrong-token-0123456");
     int ret = rcolo_connect(&uri, TIMEOUT_MS, &s, &err);
     CHECK(ret == -ECONNREFUSED, "connect returned %d (%s)", ret, err.message);
     CHECK(s == NULL, "session returned on failure");
@@ -2064,6 +2066,76 @@ static int test_replicate_background(void)
     return test_replicate(true);
 }
 
+/*
+ * Two sessions in one process (as in a QEMU whose failback overlaps)
+ * share the device's context and so its async events, which either
+ * session's thread may read.  An event must end only the session it is
+ * about.  rxe raises IBV_EVENT_CQ_ERR when a CQ overflows: zero-length RDMA
+ * WRITEs, signalled, posted on one channel of the first primary and never
+ * reaped (the send queue frees its entries as they complete, the CQ does
+ * not) overflow that channel's CQ.
+ */
+static int test_async_routing(void)
+{
+    char port1[8], port2[8];
+    pid_t c1 = fork_secondary(port1, sizeof(port1), NULL, false);
+    pid_t c2 = fork_secondary(port2, sizeof(port2), NULL, false);
+    struct primary *p1 = connect_primary(port1, NULL);
+    struct primary *p2 = connect_primary(port2, NULL);
+    struct rcolo_channel *ch = p1->ch[0];
+    struct ibv_send_wr wr =
+                           {
+                               .wr_id = (uintptr_t)&ch->tx.write_ctx,
+                               .opcode = IBV_WR_RDMA_WRITE,
+                               .send_flags = IBV_SEND_SIGNALED,
+                           },
+                       *bad;
+    unsigned long posted = 0;
+    double t0 = now_s();
+
+    CHECK(p1->s->verbs == p2->s->verbs,
+          "the two primaries are on different device contexts");
+    CHECK(rcolo_fence(p1->s, TIMEOUT_MS) == 0 &&
+              rcolo_fence(p2->s, TIMEOUT_MS) == 0,
+          "fence before the event");
+    while (rcolo_session_status(p1->s) == 0) {
+        CHECK(now_s() - t0 < 20,
+              "no CQ error after %lu completions on a CQ "
+              "of %d",
+              posted, ch->res.cq->cqe);
+        if (ibv_post_send(ch->id->qp, &wr, &bad) == 0) {
+            posted++;
+        } else {
+            usleep(1000); /* the send queue is full: let it complete */
+        }
+    }
+    const char *why = rcolo_session_error(p1->s);
+    CHECK(strstr(why, "CQ error"),
+          "the first session failed for another "
+          "reason: %s",
+          why);
+    usleep(200000); /* room for a misrouted event to land */
+    CHECK(rcolo_session_status(p2->s) == 0, "the second session failed too: %s",
+          rcolo_session_error(p2->s));
+    CHECK(rcolo_fence(p2->s, TIMEOUT_MS) == 0,
+          "the second session's fence "
+          "after the event: %s",
+          rcolo_session_error(p2->s));
+    printf("test-transport async-routing: %lu unreaped completions overflowed "
+           "a CQ of %d of the first of two sessions in this process: it "
+           "failed after %.2f s (%s); the second, on the same device "
+           "context, fenced on\n",
+           posted, ch->res.cq->cqe, now_s() - t0, why);
+    primary_close(p1);
+    struct ckpt_msg done = {.kind = 2};
+    stream_write_all(p2->s, &done, sizeof(done));
+    CHECK(rcolo_stream_close(p2->s) == 0, "stream close");
+    CHECK(wait_child(c2) == 0, "the second secondary failed");
+    wait_child(c1); /* its primary is gone: it fails, as it should */
+    primary_close(p2);
+    return 0;
+}
+
 /* The tests, in the order --list prints them; tests/meson.build runs the
  * ones marked in_suite. */
 static const struct {
@@ -2079,6 +2151,8 @@ static const struct {
      "the same with background pushes split by barriers"},
     {"session-fence", test_session_fence, true,
      "the session fence waits for every channel's releases"},
+    {"async-routing", test_async_routing, true,
+     "an async event ends the one of two sessions in a process it is about"},
     {"wrong-token", test_wrong_token, true, "refused before any rkey leaves"},
     {"hostile-descriptor", test_hostile_descriptor, true,
      "forged descriptors (bounds, alignment, region, sequence) fail both "

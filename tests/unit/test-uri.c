@@ -306,8 +306,51 @@ static void test_refuses_no_token(void **state)
     u.flags = RCOLO_URI_INSECURE;
     assert_int_equal(rcolo_uri_check_auth(&u, RCOLO_PRIMARY, &err), 0);
     u.flags = 0;
-    strcpy(u.token, "t");
+    strcpy(u.token, "0123456789abcdef");
     assert_int_equal(rcolo_uri_check_auth(&u, RCOLO_SECONDARY, &err), 0);
+
+    /* Off loopback a token needs RCOLO_MIN_TOKEN characters; the message
+     * gives its length, never the token. */
+    strcpy(u.token, "0123456789abcde");
+    assert_int_equal(rcolo_uri_check_auth(&u, RCOLO_SECONDARY, &err), -EACCES);
+    assert_non_null(strstr(err.message, "has 15 characters"));
+    assert_null(strstr(err.message, "0123456789abcde"));
+    printf("a short token off loopback: %s\n", err.message);
+    u.flags = RCOLO_URI_INSECURE;
+    assert_int_equal(rcolo_uri_check_auth(&u, RCOLO_PRIMARY, &err), 0);
+    u.flags = 0;
+
+    /* Loopback is judged on the address, not on how the name starts. */
+    static const struct {
+        const char *host;
+        bool loopback;
+    } hosts[] = {
+        {"127.0.0.1", true},
+        {"127.255.3.4", true},
+        {"::1", true},
+        {"::ffff:127.0.0.2", true},
+        {"localhost", true},
+        {"127.x.example", false},
+        {"127.0.0.1.nip.io", false},
+        {"1127.0.0.1", false},
+        {"::2", false},
+        {"::ffff:10.0.0.1", false},
+        {"128.0.0.1", false},
+        {"localhost.example", false},
+    };
+    for (unsigned i = 0; i < sizeof(hosts) / sizeof(hosts[0]); i++) {
+        struct rcolo_uri h = {0};
+
+        snprintf(h.host, sizeof(h.host), "%s", hosts[i].host);
+        assert_int_equal(rcolo_uri_check_auth(&h, RCOLO_PRIMARY, &err),
+                         hosts[i].loopback ? 0 : -EACCES);
+        strcpy(h.token, "short");
+        assert_int_equal(rcolo_uri_check_auth(&h, RCOLO_PRIMARY, &err),
+                         hosts[i].loopback ? 0 : -EACCES);
+    }
+    printf("loopback judged on %zu host names and addresses (127.x.example "
+           "is not loopback)\n",
+           sizeof(hosts) / sizeof(hosts[0]));
 
     /* secret= must be resolved by the application first */
     assert_int_equal(

@@ -34,8 +34,13 @@ static struct rcolo_req sample_req(void)
         r.snonce[i] = (uint8_t)i;
         r.cnonce[i] = (uint8_t)(RCOLO_NONCE_LEN + i);
     }
-    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, r.index,
-              r.channels, r.depth, r.mac);
+    struct rcolo_mac_input in = {.snonce = r.snonce,
+                                 .cnonce = r.cnonce,
+                                 .index = r.index,
+                                 .channels = r.channels,
+                                 .depth = r.depth,
+                                 .qpn = 0x1234};
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, &in, r.mac);
     return r;
 }
 
@@ -115,30 +120,54 @@ static void test_mac(void **state)
 {
     struct rcolo_req r = sample_req();
     uint8_t want[RCOLO_MAC_LEN], a[RCOLO_MAC_LEN], b[RCOLO_MAC_LEN];
+    uint8_t conn[RCOLO_NONCE_LEN];
 
+    for (unsigned i = 0; i < RCOLO_NONCE_LEN; i++) {
+        conn[i] = (uint8_t)(100 + i);
+    }
     /* Known answers from an independent HMAC (Python's hmac module):
-     * HMAC-SHA256(key, label NUL | snonce | cnonce | index | channels |
-     * depth), first 20 bytes. */
-    hex("a56299364d769b169429f95b1a1ff203ac0ed744", want, RCOLO_MAC_LEN);
+     * HMAC-SHA256(key, label NUL | snonce | cnonce | conn_nonce (zeros if
+     * none) | index | channels | depth | qpn), first 20 bytes. */
+    hex("6e85e52c46aae4652c3762a52b111023c0b3d56f", want, RCOLO_MAC_LEN);
     assert_memory_equal(r.mac, want, RCOLO_MAC_LEN);
-    rcolo_mac("", RCOLO_MAC_DATA_REQ, r.snonce, r.cnonce, 3, 0, 0, a);
-    hex("39c546cb0f1ab528d81f41ad5140266e036f5904", want, RCOLO_MAC_LEN);
+    struct rcolo_mac_input data = {.snonce = r.snonce,
+                                   .cnonce = r.cnonce,
+                                   .conn_nonce = conn,
+                                   .index = 3,
+                                   .qpn = 0xabcdef};
+    rcolo_mac("", RCOLO_MAC_DATA_REQ, &data, a);
+    hex("4d62249d213c68a6b983804f86eb2fd0d584a900", want, RCOLO_MAC_LEN);
     assert_memory_equal(a, want, RCOLO_MAC_LEN);
-    rcolo_mac(NULL, RCOLO_MAC_DATA_REQ, r.snonce, r.cnonce, 3, 0, 0, b);
+    rcolo_mac(NULL, RCOLO_MAC_DATA_REQ, &data, b);
     assert_memory_equal(a, b, RCOLO_MAC_LEN);
 
     /* Every input and the kind change the MAC. */
-    rcolo_mac("tok", RCOLO_MAC_CONTROL_REP, r.snonce, r.cnonce, 0, 4, 64, a);
-    assert_false(rcolo_mac_equal(a, r.mac));
-    rcolo_mac("tol", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 0, 4, 64, a);
-    assert_false(rcolo_mac_equal(a, r.mac));
-    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.cnonce, r.snonce, 0, 4, 64, a);
-    assert_false(rcolo_mac_equal(a, r.mac));
-    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 0, 4, 63, a);
-    assert_false(rcolo_mac_equal(a, r.mac));
-    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 1, 4, 64, a);
-    assert_false(rcolo_mac_equal(a, r.mac));
-    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, r.snonce, r.cnonce, 0, 4, 64, a);
+    struct rcolo_mac_input base = {.snonce = r.snonce,
+                                   .cnonce = r.cnonce,
+                                   .channels = 4,
+                                   .depth = 64,
+                                   .qpn = 0x1234},
+                           in;
+    unsigned changed = 0;
+#define DIFFERS(tok, kind, mod)                                                \
+    do {                                                                       \
+        in = base;                                                             \
+        mod;                                                                   \
+        rcolo_mac(tok, kind, &in, a);                                          \
+        assert_false(rcolo_mac_equal(a, r.mac));                               \
+        changed++;                                                             \
+    } while (0)
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REP, (void)0);
+    DIFFERS("tol", RCOLO_MAC_CONTROL_REQ, (void)0);
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REQ,
+            (in.snonce = r.cnonce, in.cnonce = r.snonce));
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REQ, in.conn_nonce = conn);
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REQ, in.depth = 63);
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REQ, in.channels = 5);
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REQ, in.index = 1);
+    DIFFERS("tok", RCOLO_MAC_CONTROL_REQ, in.qpn = 0x1235);
+#undef DIFFERS
+    rcolo_mac("tok", RCOLO_MAC_CONTROL_REQ, &base, a);
     assert_true(rcolo_mac_equal(a, r.mac));
     /* a difference in any byte is seen */
     for (unsigned i = 0; i < RCOLO_MAC_LEN; i++) {
@@ -146,6 +175,35 @@ static void test_mac(void **state)
         b[i] ^= 0x80;
         assert_false(rcolo_mac_equal(a, b));
     }
+    printf("unit-wire mac: known answers of an independent HMAC hold; each "
+           "of %u inputs (token, kind, nonces, the connection's nonce, "
+           "index, channels, depth, QP number) changes the MAC\n",
+           changed);
+}
+
+/* Stateless challenges: a known answer, the MAC checked, each byte
+ * matters. */
+static void test_challenge(void **state)
+{
+    uint8_t key[RCOLO_CHALLENGE_KEY_LEN], c[RCOLO_NONCE_LEN],
+        want[RCOLO_NONCE_LEN];
+    uint32_t expiry;
+
+    memset(key, 0x55, sizeof(key));
+    rcolo_challenge_make(key, 0x01020304, 0x0506, c);
+    hex("0102030405068345ba44011d", want, RCOLO_NONCE_LEN);
+    assert_memory_equal(c, want, RCOLO_NONCE_LEN);
+    assert_true(rcolo_challenge_check(key, c, &expiry));
+    assert_int_equal(expiry, 0x01020304);
+    for (unsigned i = 0; i < RCOLO_NONCE_LEN; i++) {
+        memcpy(want, c, sizeof(want));
+        want[i] ^= 0x01;
+        assert_false(rcolo_challenge_check(key, want, &expiry));
+    }
+    key[31] ^= 1;
+    assert_false(rcolo_challenge_check(key, c, &expiry));
+    printf("unit-wire challenge: a known answer; a change of any byte or of "
+           "the key is refused\n");
 }
 
 static void test_rep_rej(void **state)
@@ -178,9 +236,12 @@ static void test_rep_rej(void **state)
         assert_int_equal(j.reason, why);
         assert_int_equal(j.version, RCOLO_PROTOCOL_VERSION);
         assert_string_not_equal(rcolo_reject_str(why), "unknown reason");
+        if (why == RCOLO_REJ_CHALLENGE) {
+            assert_memory_equal(j.snonce, nonce, RCOLO_NONCE_LEN);
+        }
     }
-    assert_memory_equal(j.snonce, nonce, RCOLO_NONCE_LEN);
     /* a challenge must carry its nonce */
+    n = rcolo_rej_encode(RCOLO_REJ_CHALLENGE, nonce, buf, sizeof(buf));
     assert_int_equal(rcolo_rej_decode(buf, RCOLO_WIRE_REJ_MIN, &j), -EPROTO);
     n = rcolo_rej_encode(RCOLO_REJ_CHALLENGE, NULL, buf, sizeof(buf));
     assert_int_equal(rcolo_rej_decode(buf, n, &j), -EPROTO);
@@ -669,6 +730,7 @@ int main(void)
         cmocka_unit_test(test_req_roundtrip),
         cmocka_unit_test(test_req_rejects),
         cmocka_unit_test(test_mac),
+        cmocka_unit_test(test_challenge),
         cmocka_unit_test(test_rep_rej),
         cmocka_unit_test(test_desc_roundtrip),
         cmocka_unit_test(test_desc_limits),
