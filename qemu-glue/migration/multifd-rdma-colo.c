@@ -30,6 +30,7 @@
 #include "qapi/error.h"
 #include "qemu/cutils.h"
 #include "qemu/lockable.h"
+#include "qemu/main-loop.h"
 #include "qemu/rcu.h"
 #include "qemu/timer.h"
 #include "exec/target_page.h"
@@ -404,40 +405,49 @@ static RdmaColoSession *rdma_colo_incoming_session(void)
  * block's cache as region i (remote write only, never remote read) and
  * send the table, all at once, to the source, which waits for it before
  * its first write.
+ *
+ * The blocks are listed under the RCU read lock, and registered (pinning
+ * the whole cache: seconds for a large guest) and published (a wait for the
+ * source) after it: a reader holding it that long would hold up every
+ * synchronize_rcu().  They stay valid: this runs under the big lock, which
+ * RAM block removal needs, and migration blocks memory hot-unplug.
  */
 bool rdma_colo_cache_register(Error **errp)
 {
     RdmaColoSession *sess = rdma_colo_incoming_session();
     struct rcolo_error err;
     RAMBlock *block;
-    unsigned n = 0;
+    unsigned n = 0, count = 0;
 
     if (!sess) {
         return true;
     }
-    RCU_READ_LOCK_GUARD();
-    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
-        n++;
+    assert(bql_locked());
+    WITH_RCU_READ_LOCK_GUARD() {
+        RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+            count++;
+        }
+        sess->blocks = g_new0(RAMBlock *, count);
+        RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+            sess->blocks[n++] = block;
+        }
     }
-    sess->blocks = g_new0(RAMBlock *, n);
-    n = 0;
-    RAMBLOCK_FOREACH_NOT_IGNORED(block) {
+    for (n = 0; n < count; n++) {
         char name[RCOLO_MAX_NAME + 1];
-        uint32_t id = n;
 
+        block = sess->blocks[n];
         rdma_colo_region_name(block->idstr, name, sizeof(name));
-        if (rcolo_region_add(sess->rs, id, name, block->colo_cache,
+        if (rcolo_region_add(sess->rs, n, name, block->colo_cache,
                              block->used_length, qemu_target_page_size(),
                              &err) < 0) {
             error_setg(errp, "rdma-colo: COLO cache of %s: %s", block->idstr,
                        err.message);
             return false;
         }
-        trace_rdma_colo_region(block->idstr, name, id, block->used_length);
-        sess->blocks[n++] = block;
+        trace_rdma_colo_region(block->idstr, name, n, block->used_length);
     }
     /* Pairs with the multifd threads' load: blocks[] is filled first. */
-    qatomic_store_release(&sess->nblocks, n);
+    qatomic_store_release(&sess->nblocks, count);
     if (rcolo_regions_publish(sess->rs, &err) < 0) {
         error_setg(errp, "rdma-colo: %s", err.message);
         return false;

@@ -28,6 +28,38 @@ static void rdma_colo_forget_uri(struct rcolo_uri *uri)
     explicit_bzero(uri->token, sizeof(uri->token));
 }
 
+/* The QAPI copy of the token, once the session has its own. */
+static void rdma_colo_forget_addr_token(RdmaColoAddress *addr)
+{
+    if (addr->token) {
+        explicit_bzero(addr->token, strlen(addr->token));
+    }
+}
+
+/*
+ * Overwrite the token= values of @text with '*', in place.  The text of
+ * -incoming is QEMU's argv: its error location quotes it ("-incoming
+ * URI: ..."), and /proc/PID/cmdline shows it; a QMP or HMP argument is a
+ * string freed without wiping.  (secret= keeps a token off the command
+ * line altogether: the user guide's form.)
+ */
+static void rdma_colo_redact_uri(char *text)
+{
+    char *q = strchr(text, '?');
+
+    while (q) {
+        char *opt = q + 1;
+
+        q = strchr(opt, '&');
+        if (g_str_has_prefix(opt, "token=")) {
+            char *v = opt + strlen("token=");
+            size_t n = q ? (size_t)(q - v) : strlen(v);
+
+            memset(v, '*', n);
+        }
+    }
+}
+
 /*
  * The URI options QEMU takes: the library's but channels= (QEMU's is the
  * multifd-channels parameter, refused here with that reason) and
@@ -61,16 +93,29 @@ static bool rdma_colo_check_options(const char *uri, Error **errp)
     return true;
 }
 
-bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr, Error **errp)
+bool rdma_colo_parse_uri(const char *uri_text, RdmaColoAddress *addr,
+                         Error **errp)
 {
     struct rcolo_uri u;
     struct rcolo_error err;
+    /*
+     * Parsed from a copy: the caller's text is redacted first, whatever
+     * the outcome (QEMU may quote it in the error).
+     */
+    g_autofree char *uri = g_strdup(uri_text);
+    int ret = -EINVAL;
 
-    if (!rdma_colo_check_options(uri, errp)) {
-        return false;
+    if (strstr(uri_text, "token=")) {
+        rdma_colo_redact_uri((char *)uri_text);
     }
-    if (rcolo_uri_parse(uri, &u, &err) < 0) {
-        error_setg(errp, "%s", err.message);
+    if (rdma_colo_check_options(uri, errp)) {
+        ret = rcolo_uri_parse(uri, &u, &err);
+        if (ret < 0) {
+            error_setg(errp, "%s", err.message);
+        }
+    }
+    explicit_bzero(uri, strlen(uri));
+    if (ret < 0) {
         return false;
     }
     if (u.flags & RCOLO_URI_INSECURE) {
@@ -268,7 +313,13 @@ bool rdma_colo_check(RdmaColoAddress *addr, Error **errp)
         return false;
     }
     ok = rcolo_uri_check_auth(&uri, 0, &err) == 0;
-    if (!ok) {
+    if (!ok && uri.token[0]) {
+        /*
+         * Too short for this host: the library says so (never the
+         * token, its length).
+         */
+        error_setg(errp, "rdma-colo: %s", err.message);
+    } else if (!ok) {
         error_setg(errp, "rdma-colo: a token is needed to reach %s: give "
                    "secret=ID (with -object secret,id=ID,file=...) or token=",
                    addr->host);
@@ -386,6 +437,7 @@ void rdma_colo_start_incoming_migration(RdmaColoAddress *addr, Error **errp)
     if (!rdma_colo_addr_to_uri(addr, 1, &uri, errp)) {
         return;
     }
+    rdma_colo_forget_addr_token(addr);
     if (rcolo_listen(&uri, &rs, &err) < 0) {
         rdma_colo_forget_uri(&uri);
         error_setg(errp, "%s", err.message);
@@ -486,6 +538,7 @@ void rdma_colo_start_outgoing_migration(MigrationState *s,
         rdma_colo_connect_free(c);
         return;
     }
+    rdma_colo_forget_addr_token(addr);
     c->host = g_strdup(addr->host);
 
     /* The session is attached by the worker once connected. */

@@ -20,6 +20,7 @@
 
 #ifdef CONFIG_RDMA_COLO /* RdmaColoAddress exists with it only */
 
+/* Also redacts token= values in @uri in place (QEMU may quote it). */
 bool rdma_colo_parse_uri(const char *uri, RdmaColoAddress *addr,
                          Error **errp);
 bool rdma_colo_caps_check(bool *caps, Error **errp);
