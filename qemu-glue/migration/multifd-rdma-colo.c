@@ -466,7 +466,13 @@ void rdma_colo_cache_unregister(void)
     /* A late RDMA WRITE into a deregistered region fails the source. */
     rcolo_session_shutdown(sess->rs);
     for (unsigned i = 0; i < sess->nblocks; i++) {
-        rcolo_region_remove(sess->rs, i);
+        /*
+         * -EBUSY: a receive thread is decoding a descriptor of it; shut
+         * down, it leaves at once.  The cache is freed after this.
+         */
+        while (rcolo_region_remove(sess->rs, i) == -EBUSY) {
+            g_usleep(1000);
+        }
     }
     qatomic_set(&sess->nblocks, 0);
 }
