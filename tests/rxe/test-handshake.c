@@ -469,6 +469,21 @@ static void part_secondary(void)
  * connection (its RTU comes from its process): the secondary must not wait
  * forever; it fails after its timeout= (2000 ms here) and says why.
  */
+/* The secondary gave up on a connection the primary never completed, with
+ * -ETIMEDOUT naming @want, after its timeout=2000 (since @t0). */
+static void expect_gave_up(int ret, const struct rcolo_error *err,
+                           const char *want, double t0)
+{
+    double dt = now_s() - t0;
+
+    printf("  the secondary gave up after %.2f s: %d (%s)\n", dt, ret,
+           err->message);
+    CHECK(ret == -ETIMEDOUT && strstr(err->message, want),
+          "accept returned %d (%s)", ret, err->message);
+    CHECK(dt > 1.0 && dt < 10.0, "gave up after %.2f s, timeout=2000", dt);
+    cases++;
+}
+
 static void part_stalled_handshake(void)
 {
     char port[8];
@@ -496,13 +511,7 @@ static void part_stalled_handshake(void)
           rdma_event_str(a.event));
     double t0 = now_s();
     int ret = rcolo_accept(s, 20000, &err);
-    double dt = now_s() - t0;
-    printf("  the secondary gave up after %.2f s: %d (%s)\n", dt, ret,
-           err.message);
-    CHECK(ret == -ETIMEDOUT && strstr(err.message, "did not complete"),
-          "accept returned %d (%s)", ret, err.message);
-    CHECK(dt > 1.0 && dt < 10.0, "gave up after %.2f s, timeout=2000", dt);
-    cases++;
+    expect_gave_up(ret, &err, "did not complete", t0);
     rcolo_session_destroy(s);
     munmap(cache, REGION_LEN);
     rdma_destroy_id(id);
@@ -540,13 +549,7 @@ static void part_stalled_handshake(void)
           rdma_event_str(a.event));
     t0 = now_s();
     ret = rcolo_channel_accept(s, 1, 20000, &sch, &err);
-    dt = now_s() - t0;
-    printf("  the secondary gave up after %.2f s: %d (%s)\n", dt, ret,
-           err.message);
-    CHECK(ret == -ETIMEDOUT && strstr(err.message, "data channel 1"),
-          "channel accept returned %d (%s)", ret, err.message);
-    CHECK(dt > 1.0 && dt < 10.0, "gave up after %.2f s, timeout=2000", dt);
-    cases++;
+    expect_gave_up(ret, &err, "data channel 1", t0);
     rcolo_session_destroy(p);
     rcolo_session_destroy(s);
     munmap(cache, REGION_LEN);
