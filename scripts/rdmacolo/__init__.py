@@ -13,10 +13,16 @@ scripts/netfaults, tests/qemu/colo-startup-race, tests/qemu/ocf-agent):
   guest    the guests (QEMU's migration-test boot sector, our sweep
            guest) and the memory oracle (one consistent state)
   trace    TraceLog: the rdma-colo and COLO trace events per checkpoint
+  client   the full-stack guest's client (run as its own process, in the
+           client's network namespace) and the log it leaves
   node     Qemu: one QEMU process of ours, started the same way everywhere
+  fullstack  the full COLO stack around a real guest: its network (bridge,
+           taps, the client's namespace), qemu-colo.rst's command lines and
+           failovers, the survivor's disk read back and checked
   colo     a COLO pair: capabilities, replication, failover, survivor checks
-  demo, failback, netfaults, chaos
-           the programs behind the scripts of the same names
+  demo, stack, failback, netfaults, chaos
+           the programs behind the scripts of the same names (stack:
+           scripts/colo-stack)
 
 Calls go downwards in that list (check-harness-layers in the unit suite
 verifies it); the scripts are thin entry points.  QEMU's qemu.machine is

@@ -1,0 +1,333 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""colo-stack: a real COLO VM, the full stack, and a client that watches a
+failover.
+
+    scripts/with-rxe --topology pair -- scripts/colo-stack \\
+        [--transport tcp|rdma-colo|rdma-colo-bg|all] [--seconds S]
+        [--kill primary|secondary|none]
+
+For each transport: the guest (scripts/guest-image: Linux, busybox and
+colo-svc on an ext4 disk) boots on a primary on node A; a secondary on
+node B joins it with block replication (quorum + replication + NBD), the
+COLO proxy (filter-mirror, filter-redirector, filter-rewriter,
+colo-compare) and memory over the transport, as QEMU's
+docs/system/qemu-colo.rst and docs/user-guide.md say.  A client in its own
+network namespace sends requests through the primary's network path for
+S seconds and measures them; then the chosen side is killed (SIGKILL, the
+host's death), the survivor takes over, and the client goes on.
+
+Debugging: COLO_SVC_DEBUG=1 (when the snapshot is taken: scripts/guest-image)
+makes the guest's service print each request's steps on its console (the
+QEMUs' .serial files); RDMA_COLO_STACK_HMP=1 gives each QEMU a human
+monitor, SOCKDIR/primary.hmp and secondary.hmp.
+
+The oracle, after the client stopped:
+  client   no error, only a stall: no request lost, repeated or reordered
+           (it checks every answer's sequence number and running checksum)
+  disk     the survivor's disk as its guest sees it (exported over NBD):
+           e2fsck clean, and its log holds every answered request, in order,
+           once, with the client's last sequence number and checksum
+"""
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from . import colo, fullstack
+from .client import read_log, replay, request_text
+from .fabric import Fabric, qemu_paths
+from .qmp import event_time
+from .util import TOP, die, percentile, thread_cpu_ms, wait_until, write_secret
+
+TRANSPORTS = ("tcp", "rdma-colo", "rdma-colo-bg")
+
+
+class Client:
+    """rdmacolo.client in the client's namespace."""
+
+    def __init__(self, net, log, rate):
+        self.log = log
+        env = dict(os.environ, PYTHONPATH=os.path.join(TOP, "scripts"))
+        self.proc = subprocess.Popen(
+            net.ns_cmd([sys.executable, "-m", "rdmacolo.client",
+                        fullstack.GUEST_IP, str(fullstack.SVC_PORT), log,
+                        "--rate", str(rate)]),
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def samples(self):
+        try:
+            return read_log(self.log)[0]
+        except (OSError, ValueError):
+            return []
+
+    def stop(self, timeout=120):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate()
+        samples, verdict = read_log(self.log)
+        if verdict is None:
+            verdict = {"answered": len(samples),
+                       "errors": [f"the client ended without a verdict: "
+                                  f"{err.decode(errors='replace')[-300:]}"]}
+        return samples, verdict
+
+
+def control(net, command):
+    """One command on colo-svc's control port, from the client's side."""
+    code = ("import socket,sys;"
+            f"s=socket.create_connection(('{fullstack.GUEST_IP}',"
+            f"{fullstack.SVC_PORT + 1}),timeout=30);"
+            f"s.sendall(b'{command}\\n');"
+            "print(s.makefile().readline().strip())")
+    return net.ns(sys.executable, "-c", code).strip()
+
+
+def uri_of(transport, fab, port, secret):
+    if transport == "tcp":
+        return f"tcp:{fab.b.addr}:{port}"
+    return f"rdma-colo:{fab.b.addr}:{port}?secret={secret}"
+
+
+def checkpoint_pauses(q, since):
+    """Pauses (ms) of @q's VM from its STOP/RESUME events after @since
+    (QEMU's clock), in order."""
+    pauses, stop = [], None
+    for ev in q.mon.events():
+        t = event_time(ev)
+        if t < since:
+            continue
+        if ev["event"] == "STOP":
+            stop = t
+        elif ev["event"] == "RESUME" and stop is not None:
+            pauses.append((t - stop) * 1000)
+            stop = None
+    return pauses
+
+
+def verdict_lines(samples, verdict, records, disk_problems):
+    """The oracle's lines and whether it holds."""
+    ok = True
+    lines = []
+    errors = verdict.get("errors", [])
+    answered = verdict.get("answered", 0)
+    # What the disk says about the requests: record k is "seq r<n> pad".
+    texts = [r.split(" ", 1)[1] if " " in r else r for r in records]
+    want = [request_text(n) for n in range(1, answered + 1)]
+    first = verdict.get("first_seq") or 1
+    ours = texts[first - 1:]
+    lost = sum(1 for t in want if t not in set(ours))
+    dup = len(ours) - len(set(ours))
+    order = 0 if [t for t in ours if t in set(want)] == want else 1
+    try:
+        seq, h = replay(records)
+        tail_ok = (seq, f"{h:016x}") == (verdict.get("last_seq"),
+                                         verdict.get("last_sum"))
+        # A request sent but not answered when the client stopped may be
+        # on the disk: one record more is allowed, nothing else.
+        extra = len(ours) - answered
+        if extra == 1 and ours[-1] == request_text(answered + 1):
+            tail_ok = True
+        elif extra != 0:
+            tail_ok = False
+    except ValueError as e:
+        tail_ok = False
+        disk_problems = disk_problems + [f"the log is out of order: {e}"]
+    lines.append(f"client: {answered} requests, {lost} lost, {dup} duplicated, "
+                 f"{order} out of order"
+                 + (f"; errors: {'; '.join(errors)}" if errors else ""))
+    if errors or lost or dup or order or answered == 0:
+        ok = False
+    if disk_problems or not tail_ok:
+        ok = False
+        lines.append("disk: INCONSISTENT: " + "; ".join(
+            disk_problems + ([] if tail_ok else [
+                f"the log ends at record {len(records)}, the client's last "
+                f"answer was seq {verdict.get('last_seq')}"])))
+    else:
+        lines.append(f"disk: consistent (e2fsck clean, {len(records)} records, "
+                     f"the client's last answer is the last record)")
+    return ok, lines
+
+
+def run_pair(args, transport, work, sockdir, net, base_port):
+    fab = args.fabric
+    qemu, src = qemu_paths(args.qemu_build)
+    qemu_img = os.path.join(args.qemu_build, "qemu-img")
+    tag = {"tcp": "t", "rdma-colo": "r", "rdma-colo-bg": "b"}[transport]
+    stack = fullstack.FullStack(qemu, qemu_img, args.image, work, sockdir,
+                                sockdir, net, fullstack.Ports(base_port), tag)
+    token = write_secret(f"{work}/{tag}-token")
+    secrets = [("colo-token", token)]
+    uri = uri_of(transport, fab, stack.ports.migrate, "colo-token")
+    print(f"== {transport}: memory over {uri}, disk over NBD, network through "
+          f"colo-compare; checkpoint every {args.delay} ms", flush=True)
+    result = {"transport": transport}
+    qp = qs = client = None
+    try:
+        trace = dict(trace=args.trace) if args.trace else {}
+
+        def hmp(name):
+            # Debugging: a human monitor beside QMP, in the socket dir.
+            if not os.environ.get("RDMA_COLO_STACK_HMP"):
+                return []
+            return ["-monitor", f"unix:{sockdir}/{name}.hmp,server=on,wait=off"]
+        qp = stack.primary(f"{tag}primary", fab.a, secrets=secrets,
+                           extra=hmp("primary"), **trace)
+        result["restore_s"] = stack.restore(qp, args.timeout)
+        print(f"   the booted guest restored on the primary in "
+              f"{result['restore_s']:.1f} s", flush=True)
+        qs = stack.secondary(f"{tag}secondary", fab.b, fab.a, secrets=secrets,
+                             extra=hmp("secondary"), **trace)
+        for q in (qp, qs):
+            colo.prepare(q, args.channels)
+        colo.primary_parameters(qp, args.delay, transport == "rdma-colo-bg")
+        t0 = time.monotonic()
+        fullstack.start_replication(stack, qp, qs, fab.b, uri)
+
+        def in_colo():
+            st = qp.cmd("query-migrate")
+            if st.get("status") in ("failed", "cancelled"):
+                raise RuntimeError(f"migrate {st['status']}: {st.get('error-desc')}")
+            return colo.in_colo(qs)
+        wait_until("COLO", in_colo, args.timeout)
+        print(f"   in COLO after {time.monotonic() - t0:.1f} s", flush=True)
+
+        client = Client(net, os.path.join(work, f"{tag}client.log"), args.rate)
+        wait_until("the client's first answer", lambda: client.samples(),
+                   args.timeout)
+        qp.mon.events()
+        since = time.time()
+        cpu0 = thread_cpu_ms(qs.pid, "mig/dst/recv")
+        t_measure = time.monotonic()
+        time.sleep(args.seconds)
+        elapsed = time.monotonic() - t_measure
+        cpu = thread_cpu_ms(qs.pid, "mig/dst/recv") - cpu0
+        pauses = checkpoint_pauses(qp, since)
+        window = [s for s in client.samples() if s[2] >= t_measure]
+        lat = [s[3] for s in window]
+        if not lat:
+            raise RuntimeError("no request was answered while measuring")
+        result.update(
+            requests=len(lat), rps=len(lat) / elapsed,
+            p50=percentile(lat, 50), p99=percentile(lat, 99),
+            checkpoints=len(pauses), cps=len(pauses) / elapsed,
+            pause=sum(pauses) / len(pauses) if pauses else 0.0,
+            recv_cpu=cpu / elapsed / 10)
+        print(f"   {len(lat)} requests in {elapsed:.0f} s ({result['rps']:.1f}/s), "
+              f"latency p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms; "
+              f"{len(pauses)} checkpoints, mean pause {result['pause']:.0f} ms; "
+              f"secondary receive CPU {result['recv_cpu']:.1f} %", flush=True)
+
+        if args.kill == "none":
+            samples, verdict = client.stop()
+            survivor, survivor_node = qp, fab.a
+        else:
+            victim, survivor, survivor_node = (
+                (qp, qs, fab.b) if args.kill == "primary" else (qs, qp, fab.a))
+            before = len(client.samples())
+            t_kill = time.monotonic()
+            victim.kill()
+            print(f"   killed the {args.kill} (SIGKILL)", flush=True)
+            if args.kill == "primary":
+                fullstack.fail_over_secondary(survivor, colo.yank)
+            else:
+                fullstack.fail_over_primary(survivor, colo.yank)
+            wait_until(f"{survivor.name} running alone",
+                       lambda: survivor.cmd("query-colo-status")["mode"] == "none"
+                       and survivor.cmd("query-status")["running"], args.timeout)
+            wait_until("the client's answers after the failover",
+                       lambda: len(client.samples()) >= before + args.after,
+                       args.timeout)
+            after = [s for s in client.samples() if s[2] + s[3] / 1000 >= t_kill]
+            stall = max((s[3] for s in after), default=0)
+            result["stall_ms"] = stall
+            print(f"   the survivor took over; the client's longest wait "
+                  f"across it: {stall / 1000:.1f} s", flush=True)
+            samples, verdict = client.stop()
+        client = None
+        frozen = control(net, "freeze")
+        if not frozen.startswith("frozen "):
+            raise RuntimeError(f"the guest's service did not freeze: {frozen}")
+        image = fullstack.disk_view(stack, survivor, survivor_node,
+                                    os.path.join(sockdir, f"{tag}survivor.raw"),
+                                    args.timeout)
+        problems, records = fullstack.check_disk(image)
+        os.unlink(image)
+        ok, lines = verdict_lines(samples, verdict, records, problems)
+        for line in lines:
+            print(line, flush=True)
+        result["ok"] = ok
+        return result
+    finally:
+        if client is not None:
+            client.stop()
+        for q in (qp, qs):
+            if q is not None:
+                q.close()
+
+
+def run(args):
+    args.fabric = Fabric()
+    print(args.fabric.describe())
+    qemu, _ = qemu_paths(args.qemu_build)
+    subprocess.run([os.path.join(TOP, "scripts", "guest-image"), "--qemu", qemu,
+                    args.image], check=True)
+    boot = open(os.path.join(args.image, "boot-seconds")).read().strip()
+    print(f"the guest: Linux {open(os.path.join(args.image, 'kernel', 'version')).read().strip()}"
+          f", busybox and colo-svc on an ext4 disk; it booted in {boot} s "
+          f"when its snapshot was taken (scripts/guest-image)")
+    transports = TRANSPORTS if args.transport == "all" else (args.transport,)
+    work = args.workdir or tempfile.mkdtemp(prefix="colo-stack.", dir=TOP + "/build")
+    sockdir = tempfile.mkdtemp(prefix="colo-stack.")
+    net = fullstack.GuestNet(str(os.getpid() % 10000))
+    results = []
+    try:
+        for i, t in enumerate(transports):
+            results.append(run_pair(args, t, work, sockdir, net, args.port + 20 * i))
+    finally:
+        net.close()
+    if len(results) > 1:
+        print()
+        print("   transport      requests/s  p50 ms  p99 ms  ckpt/s  pause ms  recv CPU %")
+        for r in results:
+            print(f"   {r['transport']:13s}  {r['rps']:10.1f}  {r['p50']:6.1f}  "
+                  f"{r['p99']:6.1f}  {r['cps']:6.2f}  {r['pause']:8.0f}  "
+                  f"{r['recv_cpu']:10.1f}")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def parser():
+    ap = argparse.ArgumentParser(prog="colo-stack", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--transport", default="rdma-colo",
+                    choices=TRANSPORTS + ("all",))
+    ap.add_argument("--seconds", type=float, default=30,
+                    help="how long the client is measured before the fault")
+    ap.add_argument("--kill", default="primary",
+                    choices=("primary", "secondary", "none"))
+    ap.add_argument("--after", type=int, default=20,
+                    help="answers the client must get after the failover")
+    ap.add_argument("--rate", type=float, default=20,
+                    help="the client's requests per second at most")
+    ap.add_argument("--delay", type=int, default=2000,
+                    help="x-checkpoint-delay, ms")
+    ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--port", type=int, default=18400)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--image", default=os.path.join(TOP, "build", "guest"))
+    ap.add_argument("--qemu-build", default=os.path.join(TOP, "build", "qemu", "build"))
+    ap.add_argument("--workdir")
+    ap.add_argument("--trace", action="append", default=[],
+                    help="a QEMU trace event pattern for both QEMUs (their "
+                         "stderr files in the work directory)")
+    return ap
+
+
+def main(argv=None):
+    return run(parser().parse_args(argv))
