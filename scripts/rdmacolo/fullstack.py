@@ -156,8 +156,10 @@ def make_snapshot(qemu, image_dir, work, timeout):
         q.proc.wait(timeout)
     finally:
         q.close()
-    os.replace(state, os.path.join(image_dir, "booted.state"))
-    os.replace(disk, os.path.join(image_dir, "booted.raw"))
+    # Moved, not renamed: @work may be on another file system (the
+    # micro-VM's /tmp is not its 9p share of the repository).
+    shutil.move(state, os.path.join(image_dir, "booted.state"))
+    shutil.move(disk, os.path.join(image_dir, "booted.raw"))
     return boot
 
 
