@@ -26,6 +26,7 @@ import subprocess
 import time
 
 from .node import Qemu
+from .qmp import QmpError
 from .util import wait_until
 
 GUEST_IP = "10.77.0.10"
@@ -361,15 +362,13 @@ def fail_over_primary(q, yank):
 def disk_view(stack, q, node, out, timeout):
     """The disk as the guest on @q sees it now, exported read-only over NBD
     by @q itself and copied to @out (a raw file)."""
-    node_name = None
-    for dev in q.cmd("query-block"):
-        if dev.get("device") == DISK_ID or dev.get("qdev", "").endswith(DISK_ID):
-            node_name = dev["inserted"]["node-name"]
+    node_name = next((dev["inserted"]["node-name"] for dev in q.cmd("query-block")
+                      if dev.get("device") == DISK_ID), None)
     if node_name is None:
         raise RuntimeError(f"{q.name}: no block device {DISK_ID}")
     try:
-        q.cmd("nbd-server-stop")
-    except Exception:
+        q.cmd("nbd-server-stop")     # the secondary's, if it still runs
+    except QmpError:
         pass
     q.cmd("nbd-server-start", addr={"type": "inet", "data": {
         "host": node.addr, "port": str(stack.ports.export)}})

@@ -40,7 +40,7 @@ from . import colo, fullstack
 from .client import read_log, replay, request_text
 from .fabric import Fabric, qemu_paths
 from .qmp import event_time
-from .util import TOP, die, percentile, thread_cpu_ms, wait_until, write_secret
+from .util import TOP, percentile, thread_cpu_ms, wait_until, write_secret
 
 TRANSPORTS = ("tcp", "rdma-colo", "rdma-colo-bg")
 
@@ -110,7 +110,7 @@ def checkpoint_pauses(q, since):
     return pauses
 
 
-def verdict_lines(samples, verdict, records, disk_problems):
+def verdict_lines(verdict, records, disk_problems):
     """The oracle's lines and whether it holds."""
     ok = True
     lines = []
@@ -121,9 +121,10 @@ def verdict_lines(samples, verdict, records, disk_problems):
     want = [request_text(n) for n in range(1, answered + 1)]
     first = verdict.get("first_seq") or 1
     ours = texts[first - 1:]
-    lost = sum(1 for t in want if t not in set(ours))
-    dup = len(ours) - len(set(ours))
-    order = 0 if [t for t in ours if t in set(want)] == want else 1
+    ours_set, want_set = set(ours), set(want)
+    lost = sum(1 for t in want if t not in ours_set)
+    dup = len(ours) - len(ours_set)
+    order = 0 if [t for t in ours if t in want_set] == want else 1
     try:
         seq, h = replay(records)
         tail_ok = (seq, f"{h:016x}") == (verdict.get("last_seq"),
@@ -157,7 +158,7 @@ def verdict_lines(samples, verdict, records, disk_problems):
 
 def run_pair(args, transport, work, sockdir, net, base_port):
     fab = args.fabric
-    qemu, src = qemu_paths(args.qemu_build)
+    qemu, _ = qemu_paths(args.qemu_build)
     qemu_img = os.path.join(args.qemu_build, "qemu-img")
     tag = {"tcp": "t", "rdma-colo": "r", "rdma-colo-bg": "b"}[transport]
     stack = fullstack.FullStack(qemu, qemu_img, args.image, work, sockdir,
@@ -259,7 +260,7 @@ def run_pair(args, transport, work, sockdir, net, base_port):
                                     args.timeout)
         problems, records = fullstack.check_disk(image)
         os.unlink(image)
-        ok, lines = verdict_lines(samples, verdict, records, problems)
+        ok, lines = verdict_lines(verdict, records, problems)
         for line in lines:
             print(line, flush=True)
         result["ok"] = ok
