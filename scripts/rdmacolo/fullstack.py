@@ -121,7 +121,10 @@ def guest_args(image_dir, tap):
     else:
         netdev = "hubport,id=hn0,hubid=0"
     return [
-        "-kernel", f"{image_dir}/vmlinux",
+        # The bzImage, through fw_cfg: an ELF kernel's segments are ROM
+        # blobs, rewritten into RAM by the reset a COLO secondary does at
+        # every checkpoint (scripts/guest-image).
+        "-kernel", f"{image_dir}/kernel/vmlinuz",
         "-initrd", f"{image_dir}/initramfs.img",
         "-append", f"{KERNEL_ARGS} svc.ip={GUEST_IP}/24 svc.port={SVC_PORT}",
         "-no-reboot",

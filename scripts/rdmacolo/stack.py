@@ -285,6 +285,7 @@ def run(args):
           f"when its snapshot was taken (scripts/guest-image)")
     transports = TRANSPORTS if args.transport == "all" else (args.transport,)
     work = args.workdir or tempfile.mkdtemp(prefix="colo-stack.", dir=TOP + "/build")
+    os.makedirs(work, exist_ok=True)
     sockdir = tempfile.mkdtemp(prefix="colo-stack.")
     net = fullstack.GuestNet(str(os.getpid() % 10000))
     results = []
