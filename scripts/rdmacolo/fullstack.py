@@ -99,13 +99,15 @@ class GuestNet:
 
 
 class Ports:
-    """A pair's TCP ports, from @base: the COLO proxy's four, NBD, the
-    migration, the survivor's disk export."""
+    """A pair's TCP ports, from @base: the COLO proxy's four (qemu-colo.rst's
+    9001, 9003-9005 for @base 9000), NBD, the migration, the survivor's disk
+    export."""
 
-    def __init__(self, base):
+    def __init__(self, base, nbd=None, migrate=None):
         self.mirror, self.compare_sec, self.compare_pri, self.compare_out = (
             base + 3, base + 4, base + 1, base + 5)
-        self.nbd, self.migrate, self.export = base + 9, base + 8, base + 10
+        self.nbd, self.migrate, self.export = (
+            nbd or base + 9, migrate or base + 8, base + 10)
 
 
 def guest_args(image_dir, tap):
@@ -220,6 +222,20 @@ def secondary_disk_args(disk, active, hidden):
     ]
 
 
+def primary_args(image_dir, tap, addr, ports, disk):
+    """A primary's guest, COLO proxy and disk (qemu-colo.rst's primary)."""
+    return (guest_args(image_dir, tap) + primary_proxy_args(addr, ports)
+            + primary_disk_args(disk))
+
+
+def secondary_args(image_dir, tap, primary_addr, ports, disk, active, hidden):
+    """A secondary's guest, COLO proxy and disk (qemu-colo.rst's
+    secondary); it also needs -incoming."""
+    return (guest_args(image_dir, tap)
+            + secondary_proxy_args(primary_addr, ports)
+            + secondary_disk_args(disk, active, hidden))
+
+
 class FullStack:
     """One pair's files: the disk copies, the secondary's active and hidden
     images, in @work."""
@@ -246,9 +262,9 @@ class FullStack:
         tap = self.net.tap(f"ct{self.tag}{node.name}p")
         q = Qemu(self.qemu, name, self.work, self.sockdir,
                  memory=GUEST_MEMORY, node=node,
-                 extra=guest_args(self.image_dir, tap)
-                 + primary_proxy_args(node.addr, self.ports)
-                 + primary_disk_args(disk) + ["-incoming", "defer"]
+                 extra=primary_args(self.image_dir, tap, node.addr,
+                                    self.ports, disk)
+                 + ["-incoming", "defer"]
                  + list(extra), **kw)
         q.disk = disk
         return q
@@ -278,9 +294,8 @@ class FullStack:
         tap = self.net.tap(f"ct{self.tag}{node.name}s")
         q = Qemu(self.qemu, name, self.work, self.sockdir,
                  memory=GUEST_MEMORY, node=node,
-                 extra=guest_args(self.image_dir, tap)
-                 + secondary_proxy_args(primary_node.addr, self.ports)
-                 + secondary_disk_args(disk, active, hidden)
+                 extra=secondary_args(self.image_dir, tap, primary_node.addr,
+                                      self.ports, disk, active, hidden)
                  + ["-incoming", "defer"] + list(extra), **kw)
         q.disk = disk
         return q
@@ -360,6 +375,102 @@ def fail_over_primary(q, yank):
     for obj in ("comp0", "iothread1", "m0", "redire0", "redire1"):
         q.cmd("object-del", id=obj)
     q.cmd("x-colo-lost-heartbeat")
+
+
+def proxy_chardevs(addr, ports):
+    """The primary's COLO proxy sockets (primary_proxy_args' -chardev
+    options) as chardev-add arguments, in the same order: what a former
+    secondary adds to become a primary (qemu-colo.rst "Secondary
+    Failover")."""
+    def sock(cid, host, port, server):
+        return {"id": cid, "backend": {"type": "socket", "data": {
+            "addr": {"type": "inet", "data": {"host": host, "port": str(port)}},
+            "server": server}}}
+    lo = "127.0.0.1"
+    return [sock("mirror0", addr, ports.mirror, True),
+            sock("compare1", addr, ports.compare_sec, True),
+            sock("compare0", lo, ports.compare_pri, True),
+            sock("compare0-0", lo, ports.compare_pri, False),
+            sock("compare_out", lo, ports.compare_out, True),
+            sock("compare_out0", lo, ports.compare_out, False)]
+
+
+def proxy_objects(was_secondary):
+    """The primary's COLO proxy objects (primary_proxy_args' -object
+    options) as object-add arguments.  A former secondary keeps its
+    filter-rewriter: the new filters go before it (qemu-colo.rst's note
+    on "insert")."""
+    before = {"insert": "before", "position": "id=rew0"} if was_secondary else {}
+    return [
+        {"qom-type": "filter-mirror", "id": "m0", **before, "netdev": "hn0",
+         "queue": "tx", "outdev": "mirror0"},
+        {"qom-type": "filter-redirector", "id": "redire0", **before,
+         "netdev": "hn0", "queue": "rx", "indev": "compare_out"},
+        {"qom-type": "filter-redirector", "id": "redire1", **before,
+         "netdev": "hn0", "queue": "rx", "outdev": "compare0"},
+        {"qom-type": "iothread", "id": "iothread1"},
+        {"qom-type": "colo-compare", "id": "comp0", "primary_in": "compare0-0",
+         "secondary_in": "compare1", "outdev": "compare_out0",
+         "iothread": "iothread1"},
+    ]
+
+
+def start_resync(stack, survivor, was_secondary, survivor_node, secondary,
+                 secondary_node):
+    """qemu-colo.rst "Primary resume replication" (@was_secondary False)
+    and "Secondary resume replication" (True), first half: the new
+    @secondary exports its disk, and @survivor, alone since a failover and
+    still running, copies its whole disk there (drive-mirror over NBD, the
+    guest's writes followed); a former secondary also gets the primary's
+    COLO proxy sockets."""
+    secondary.cmd("nbd-server-start", addr={
+        "type": "inet", "data": {"host": secondary_node.addr,
+                                 "port": str(stack.ports.nbd)}})
+    secondary.cmd("nbd-server-add", device="parent0", writable=True)
+    if was_secondary:
+        for chardev in proxy_chardevs(survivor_node.addr, stack.ports):
+            survivor.cmd("chardev-add", **chardev)
+    survivor.cmd("drive-mirror", device=DISK_ID, **{
+        "job-id": "resync", "mode": "existing", "format": "raw",
+        "sync": "full",
+        "target": f"nbd://{secondary_node.addr}:{stack.ports.nbd}/parent0"})
+
+
+def resync_job(q):
+    return next((j for j in q.cmd("query-block-jobs")
+                 if j["device"] == "resync"), None)
+
+
+def wait_resynced(survivor, timeout):
+    """Until the mirror is ready: the new secondary's disk equals the
+    survivor's, and stays so while the job runs."""
+    def ready():
+        j = resync_job(survivor)
+        if j is None:
+            raise RuntimeError("the disk resync (drive-mirror) ended before "
+                               "it was ready")
+        return j.get("ready")
+    wait_until("the disk resync ready", ready, timeout)
+
+
+def attach_secondary(stack, survivor, was_secondary, secondary,
+                     secondary_node, uri, timeout):
+    """The second half: @survivor pauses, drops the mirror (the disks are
+    equal), adds the NBD child and the COLO proxy, and migrates; COLO
+    starts the guest again."""
+    survivor.cmd("stop")
+    survivor.cmd("block-job-cancel", device="resync")
+    wait_until("the disk resync gone", lambda: resync_job(survivor) is None,
+               timeout)
+    survivor.cmd("blockdev-add", driver="nbd", **{
+        "node-name": "nbd0", "export": "parent0", "detect-zeroes": "on",
+        "server": {"type": "inet", "host": secondary_node.addr,
+                   "port": str(stack.ports.nbd)}})
+    survivor.cmd("x-blockdev-change", parent=DISK_ID, node="nbd0")
+    for obj in proxy_objects(was_secondary):
+        survivor.cmd("object-add", **obj)
+    secondary.cmd("migrate-incoming", uri=uri, **{"exit-on-error": False})
+    survivor.cmd("migrate", uri=uri)
 
 
 def disk_view(stack, q, node, out, timeout):

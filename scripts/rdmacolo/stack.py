@@ -4,7 +4,8 @@ failover.
 
     scripts/with-rxe --topology pair -- scripts/colo-stack \\
         [--transport tcp|rdma-colo|rdma-colo-bg|all] [--seconds S]
-        [--kill primary|secondary|none]
+        [--kill primary|secondary|none] [--kill-in interval|checkpoint]
+        [--failback]
 
 For each transport: the guest (scripts/guest-image: Linux, busybox and
 colo-svc on an ext4 disk) boots on a primary on node A; a secondary on
@@ -88,10 +89,53 @@ def control(net, command):
     return net.ns(sys.executable, "-c", code).strip()
 
 
-def uri_of(transport, fab, port, secret):
+def uri_of(transport, node, port, secret):
+    """The migration address of a secondary on @node."""
     if transport == "tcp":
-        return f"tcp:{fab.b.addr}:{port}"
-    return f"rdma-colo:{fab.b.addr}:{port}?secret={secret}"
+        return f"tcp:{node.addr}:{port}"
+    return f"rdma-colo:{node.addr}:{port}?secret={secret}"
+
+
+def fault(args, primary, primary_node, secondary, secondary_node, client):
+    """SIGKILL of the side args.kill names (args.kill_in: when), the
+    survivor's failover as qemu-colo.rst says, and args.after answers to
+    the client from it: (survivor, its node, the victim's node, the
+    client's longest wait across it in ms)."""
+    if args.kill == "primary":
+        victim, survivor, survivor_node, victim_node = (
+            primary, secondary, secondary_node, primary_node)
+    else:
+        victim, survivor, survivor_node, victim_node = (
+            secondary, primary, primary_node, secondary_node)
+    before = len(client.samples())
+    when = ""
+    if args.kill_in == "checkpoint":
+        # The primary stops its guest for each checkpoint: kill the victim
+        # as soon as the next one has begun, while the pages, the device
+        # state and the disk's buffered writes are on their way.
+        primary.mon.events()
+        stop = primary.mon.wait_event("STOP", 3 * args.delay / 1000 + 30)
+        when = (f" {(time.time() - event_time(stop)) * 1000:.0f} ms "
+                f"into a checkpoint")
+    t_kill = time.monotonic()
+    victim.kill()
+    print(f"   killed the {args.kill} on node {victim_node.name}{when} "
+          f"(SIGKILL)", flush=True)
+    if args.kill == "primary":
+        fullstack.fail_over_secondary(survivor, colo.yank)
+    else:
+        fullstack.fail_over_primary(survivor, colo.yank)
+    wait_until(f"{survivor.name} running alone",
+               lambda: survivor.cmd("query-colo-status")["mode"] == "none"
+               and survivor.cmd("query-status")["running"], args.timeout)
+    wait_until("the client's answers after the failover",
+               lambda: len(client.samples()) >= before + args.after,
+               args.timeout)
+    after = [s for s in client.samples() if s[2] + s[3] / 1000 >= t_kill]
+    stall = max((s[3] for s in after), default=0)
+    print(f"   the survivor took over; the client's longest wait across it: "
+          f"{stall / 1000:.1f} s", flush=True)
+    return survivor, survivor_node, victim_node, stall
 
 
 def checkpoint_pauses(q, since):
@@ -156,6 +200,46 @@ def verdict_lines(verdict, records, disk_problems):
     return ok, lines
 
 
+def failback(args, stack, transport, survivor, survivor_node, secondary,
+             secondary_node, client, token):
+    """Replication resumed from @survivor to a new @secondary (the disk
+    resynced, the pairing's own @token), the client measured again, then
+    the same fault as before: (the new survivor, its node, the resync's
+    seconds)."""
+    survivor.cmd("object-add", **{"qom-type": "secret", "id": "colo-token-2",
+                                  "file": token})
+    survivor.cmd("object-del", id="colo-token")
+    colo.prepare(secondary, args.channels)
+    colo.primary_parameters(survivor, args.delay, transport == "rdma-colo-bg")
+    uri = uri_of(transport, secondary_node, stack.ports.migrate, "colo-token-2")
+    was_secondary = args.kill == "primary"
+    t0 = time.monotonic()
+    fullstack.start_resync(stack, survivor, was_secondary, survivor_node,
+                           secondary, secondary_node)
+    fullstack.wait_resynced(survivor, args.timeout)
+    resync = time.monotonic() - t0
+    fullstack.attach_secondary(stack, survivor, was_secondary, secondary,
+                               secondary_node, uri, args.timeout)
+
+    def in_colo():
+        st = survivor.cmd("query-migrate")
+        if st.get("status") in ("failed", "cancelled"):
+            raise RuntimeError(f"migrate {st['status']}: {st.get('error-desc')}")
+        return colo.in_colo(secondary)
+    wait_until("COLO again", in_colo, args.timeout)
+    print(f"   replication resumed to a new secondary on node "
+          f"{secondary_node.name}: its disk resynced (drive-mirror) in "
+          f"{resync:.1f} s, in COLO {time.monotonic() - t0:.1f} s after "
+          f"the resync began", flush=True)
+    n0 = len(client.samples())
+    time.sleep(args.seconds)
+    print(f"   {len(client.samples()) - n0} requests answered in "
+          f"{args.seconds:.0f} s of COLO", flush=True)
+    survivor, survivor_node, _, _ = fault(args, survivor, survivor_node,
+                                          secondary, secondary_node, client)
+    return survivor, survivor_node, resync
+
+
 def run_pair(args, transport, work, sockdir, net, base_port):
     fab = args.fabric
     qemu, _ = qemu_paths(args.qemu_build)
@@ -165,11 +249,12 @@ def run_pair(args, transport, work, sockdir, net, base_port):
                                 sockdir, net, fullstack.Ports(base_port), tag)
     token = write_secret(f"{work}/{tag}-token")
     secrets = [("colo-token", token)]
-    uri = uri_of(transport, fab, stack.ports.migrate, "colo-token")
+    uri = uri_of(transport, fab.b, stack.ports.migrate, "colo-token")
     print(f"== {transport}: memory over {uri}, disk over NBD, network through "
           f"colo-compare; checkpoint every {args.delay} ms", flush=True)
     result = {"transport": transport}
     qp = qs = client = None
+    extra_qemus = []
     try:
         trace = dict(trace=args.trace) if args.trace else {}
 
@@ -226,31 +311,22 @@ def run_pair(args, transport, work, sockdir, net, base_port):
               f"secondary receive CPU {result['recv_cpu']:.1f} %", flush=True)
 
         if args.kill == "none":
-            samples, verdict = client.stop()
             survivor, survivor_node = qp, fab.a
         else:
-            victim, survivor, survivor_node = (
-                (qp, qs, fab.b) if args.kill == "primary" else (qs, qp, fab.a))
-            before = len(client.samples())
-            t_kill = time.monotonic()
-            victim.kill()
-            print(f"   killed the {args.kill} (SIGKILL)", flush=True)
-            if args.kill == "primary":
-                fullstack.fail_over_secondary(survivor, colo.yank)
-            else:
-                fullstack.fail_over_primary(survivor, colo.yank)
-            wait_until(f"{survivor.name} running alone",
-                       lambda: survivor.cmd("query-colo-status")["mode"] == "none"
-                       and survivor.cmd("query-status")["running"], args.timeout)
-            wait_until("the client's answers after the failover",
-                       lambda: len(client.samples()) >= before + args.after,
-                       args.timeout)
-            after = [s for s in client.samples() if s[2] + s[3] / 1000 >= t_kill]
-            stall = max((s[3] for s in after), default=0)
-            result["stall_ms"] = stall
-            print(f"   the survivor took over; the client's longest wait "
-                  f"across it: {stall / 1000:.1f} s", flush=True)
-            samples, verdict = client.stop()
+            survivor, survivor_node, victim_node, result["stall_ms"] = fault(
+                args, qp, fab.a, qs, fab.b, client)
+            if args.failback:
+                # The new pairing's own token (docs/user-guide.md, 6).
+                token2 = write_secret(f"{work}/{tag}-token-2")
+                qs2 = stack.secondary(f"{tag}secondary2", victim_node,
+                                      survivor_node,
+                                      secrets=[("colo-token-2", token2)],
+                                      extra=hmp("secondary2"), **trace)
+                extra_qemus.append(qs2)
+                survivor, survivor_node, result["resync_s"] = failback(
+                    args, stack, transport, survivor, survivor_node, qs2,
+                    victim_node, client, token2)
+        samples, verdict = client.stop()
         client = None
         frozen = control(net, "freeze")
         if not frozen.startswith("frozen "):
@@ -268,9 +344,34 @@ def run_pair(args, transport, work, sockdir, net, base_port):
     finally:
         if client is not None:
             client.stop()
-        for q in (qp, qs):
+        for q in [qp, qs] + extra_qemus:
             if q is not None:
                 q.close()
+
+
+def print_table(results, args):
+    """The transports side by side, then each one's ratios to TCP's: one
+    run, the same guest, client and fabric."""
+    print()
+    print(f"   the same guest and client, checkpoint every {args.delay} ms, "
+          f"{args.seconds:.0f} s each:")
+    print("   transport      requests/s  p50 ms  p99 ms  ckpt/s  pause ms  "
+          "recv CPU %  failover wait s")
+    for r in results:
+        stall = f"{r['stall_ms'] / 1000:15.1f}" if "stall_ms" in r else f"{'-':>15s}"
+        print(f"   {r['transport']:13s}  {r['rps']:10.1f}  {r['p50']:6.1f}  "
+              f"{r['p99']:6.1f}  {r['cps']:6.2f}  {r['pause']:8.0f}  "
+              f"{r['recv_cpu']:10.1f}  {stall}")
+    tcp = next((r for r in results if r["transport"] == "tcp"), None)
+    if tcp is None:
+        return
+    for r in results:
+        if r is tcp:
+            continue
+        ratios = [f"{what} {r[key] / tcp[key]:.2f}x" for what, key in (
+            ("requests/s", "rps"), ("p50", "p50"), ("p99", "p99"),
+            ("pause", "pause")) if tcp[key]]
+        print(f"   {r['transport']} / tcp: {', '.join(ratios)}")
 
 
 def run(args):
@@ -295,12 +396,7 @@ def run(args):
     finally:
         net.close()
     if len(results) > 1:
-        print()
-        print("   transport      requests/s  p50 ms  p99 ms  ckpt/s  pause ms  recv CPU %")
-        for r in results:
-            print(f"   {r['transport']:13s}  {r['rps']:10.1f}  {r['p50']:6.1f}  "
-                  f"{r['p99']:6.1f}  {r['cps']:6.2f}  {r['pause']:8.0f}  "
-                  f"{r['recv_cpu']:10.1f}")
+        print_table(results, args)
     return 0 if all(r["ok"] for r in results) else 1
 
 
@@ -313,6 +409,15 @@ def parser():
                     help="how long the client is measured before the fault")
     ap.add_argument("--kill", default="primary",
                     choices=("primary", "secondary", "none"))
+    ap.add_argument("--kill-in", default="interval",
+                    choices=("interval", "checkpoint"),
+                    help="when: at a random moment (mostly between "
+                         "checkpoints), or as soon as a checkpoint began")
+    ap.add_argument("--failback", action="store_true",
+                    help="after the failover, resume replication to a new "
+                         "secondary on the victim's node (its disk resynced "
+                         "by drive-mirror), measure again, then the same "
+                         "fault again")
     ap.add_argument("--after", type=int, default=20,
                     help="answers the client must get after the failover")
     ap.add_argument("--rate", type=float, default=20,
