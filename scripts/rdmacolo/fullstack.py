@@ -223,9 +223,11 @@ def secondary_disk_args(disk, active, hidden):
 
 
 def primary_args(image_dir, tap, addr, ports, disk):
-    """A primary's guest, COLO proxy and disk (qemu-colo.rst's primary)."""
+    """A primary's guest, COLO proxy and disk (qemu-colo.rst's primary).
+    -S as there: the guest must not write its disk before the secondary's
+    copy joins quorum; COLO starts it after its first checkpoint."""
     return (guest_args(image_dir, tap) + primary_proxy_args(addr, ports)
-            + primary_disk_args(disk))
+            + primary_disk_args(disk) + ["-S"])
 
 
 def secondary_args(image_dir, tap, primary_addr, ports, disk, active, hidden):
@@ -257,7 +259,7 @@ class FullStack:
 
     def primary(self, name, node, extra=(), **kw):
         """A primary on @node with the booted guest (make_snapshot), not
-        yet running: restore() it."""
+        yet running: restore() it; COLO starts it."""
         disk = self.disk_copy(name)
         tap = self.net.tap(f"ct{self.tag}{node.name}p")
         q = Qemu(self.qemu, name, self.work, self.sockdir,
@@ -270,14 +272,21 @@ class FullStack:
         return q
 
     def restore(self, q, timeout):
-        """The booted guest into @q (-incoming defer) and running; the
-        seconds it took."""
+        """The booted guest into @q (-incoming defer), paused (-S) until
+        COLO starts it, its disk still the secondary's copy; the seconds
+        it took."""
         t0 = time.monotonic()
         q.cmd("migrate-incoming", uri=f"file:{self.image_dir}/booted.state")
         wait_until(f"{q.name}: the booted guest restored",
                    lambda: q.cmd("query-migrate").get("status") == "completed",
                    timeout)
-        q.cmd("cont")
+        if q.cmd("query-status")["running"]:
+            raise RuntimeError(f"{q.name}: the restored guest runs before COLO")
+        # An incoming migration leaves the disks inactive until `cont`, and
+        # COLO starts the guest without activating them (its first write
+        # would abort QEMU): activate them here, as a primary started with
+        # -S alone has them.
+        q.cmd("blockdev-set-active", active=True)
         return time.monotonic() - t0
 
     def secondary(self, name, node, primary_node, extra=(), **kw):

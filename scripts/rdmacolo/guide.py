@@ -9,7 +9,7 @@ tests/qemu/guide-check fails when the guide's blocks differ from these.
 The example's hosts, ports and paths are the guide's; what differs from
 the tests is only what a test cannot have: -accel kvm (the tests run TCG)
 and the primary booting its guest (the tests restore a booted one, with
--incoming defer).
+-incoming defer; -S keeps it paused in both until COLO starts it).
 """
 import json
 import shlex

@@ -266,7 +266,7 @@ def run_pair(args, transport, work, sockdir, net, base_port):
         qp = stack.primary(f"{tag}primary", fab.a, secrets=secrets,
                            extra=hmp("primary"), **trace)
         result["restore_s"] = stack.restore(qp, args.timeout)
-        print(f"   the booted guest restored on the primary in "
+        print(f"   the booted guest restored on the primary, paused until COLO starts it, in "
               f"{result['restore_s']:.1f} s", flush=True)
         qs = stack.secondary(f"{tag}secondary", fab.b, fab.a, secrets=secrets,
                              extra=hmp("secondary"), **trace)
