@@ -51,12 +51,9 @@ def start_replication(primary, secondary, uri):
     primary.cmd("migrate", uri=uri)
 
 
-def replicate(primary, secondary, uri, timeout):
-    """COLO from the running @primary to @secondary (-incoming defer); the
-    seconds until the secondary is in COLO."""
-    t0 = time.monotonic()
-    start_replication(primary, secondary, uri)
-
+def wait_colo(primary, secondary, timeout):
+    """Until @secondary is in COLO; the migration failing on @primary is an
+    error with its reason."""
     def colo():
         st = primary.cmd("query-migrate")
         if st.get("status") in ("failed", "cancelled"):
@@ -64,6 +61,14 @@ def replicate(primary, secondary, uri, timeout):
                                f"{st['status']}: {st.get('error-desc')}")
         return in_colo(secondary)
     wait_until(f"COLO from {primary.name} to {secondary.name}", colo, timeout)
+
+
+def replicate(primary, secondary, uri, timeout):
+    """COLO from the running @primary to @secondary (-incoming defer); the
+    seconds until the secondary is in COLO."""
+    t0 = time.monotonic()
+    start_replication(primary, secondary, uri)
+    wait_colo(primary, secondary, timeout)
     return time.monotonic() - t0
 
 

@@ -171,24 +171,21 @@ def make_snapshot(qemu, image_dir, work, timeout):
 
 def primary_proxy_args(addr, ports):
     """qemu-colo.rst's primary: mirror what the guest receives to the
-    secondary, compare what both guests send, release what matches.
+    secondary, compare what both guests send, release what matches.  The
+    command-line form of proxy_chardevs and proxy_objects, which a former
+    secondary adds over QMP to become a primary: one definition for both.
     (compare1 does not wait for the secondary at startup, unlike the
     rst: the primary boots before the secondary exists.)"""
-    lo = "127.0.0.1"
-    return [
-        "-chardev", f"socket,id=mirror0,host={addr},port={ports.mirror},server=on,wait=off",
-        "-chardev", f"socket,id=compare1,host={addr},port={ports.compare_sec},server=on,wait=off",
-        "-chardev", f"socket,id=compare0,host={lo},port={ports.compare_pri},server=on,wait=off",
-        "-chardev", f"socket,id=compare0-0,host={lo},port={ports.compare_pri}",
-        "-chardev", f"socket,id=compare_out,host={lo},port={ports.compare_out},server=on,wait=off",
-        "-chardev", f"socket,id=compare_out0,host={lo},port={ports.compare_out}",
-        "-object", "filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0",
-        "-object", "filter-redirector,netdev=hn0,id=redire0,queue=rx,indev=compare_out",
-        "-object", "filter-redirector,netdev=hn0,id=redire1,queue=rx,outdev=compare0",
-        "-object", "iothread,id=iothread1",
-        "-object", "colo-compare,id=comp0,primary_in=compare0-0,secondary_in=compare1,"
-                   "outdev=compare_out0,iothread=iothread1",
-    ]
+    args = []
+    for c in proxy_chardevs(addr, ports):
+        inet = c["backend"]["data"]["addr"]["data"]
+        server = ",server=on,wait=off" if c["backend"]["data"]["server"] else ""
+        args += ["-chardev", f"socket,id={c['id']},host={inet['host']},"
+                             f"port={inet['port']}{server}"]
+    for o in proxy_objects(was_secondary=False):
+        props = ",".join(f"{k}={v}" for k, v in o.items() if k != "qom-type")
+        args += ["-object", f"{o['qom-type']},{props}"]
+    return args
 
 
 def primary_disk_args(disk):

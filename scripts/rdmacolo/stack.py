@@ -220,13 +220,7 @@ def failback(args, stack, transport, survivor, survivor_node, secondary,
     resync = time.monotonic() - t0
     fullstack.attach_secondary(stack, survivor, was_secondary, secondary,
                                secondary_node, uri, args.timeout)
-
-    def in_colo():
-        st = survivor.cmd("query-migrate")
-        if st.get("status") in ("failed", "cancelled"):
-            raise RuntimeError(f"migrate {st['status']}: {st.get('error-desc')}")
-        return colo.in_colo(secondary)
-    wait_until("COLO again", in_colo, args.timeout)
+    colo.wait_colo(survivor, secondary, args.timeout)
     print(f"   replication resumed to a new secondary on node "
           f"{secondary_node.name}: its disk resynced (drive-mirror) in "
           f"{resync:.1f} s, in COLO {time.monotonic() - t0:.1f} s after "
@@ -275,13 +269,7 @@ def run_pair(args, transport, work, sockdir, net, base_port):
         colo.primary_parameters(qp, args.delay, transport == "rdma-colo-bg")
         t0 = time.monotonic()
         fullstack.start_replication(stack, qp, qs, fab.b, uri)
-
-        def in_colo():
-            st = qp.cmd("query-migrate")
-            if st.get("status") in ("failed", "cancelled"):
-                raise RuntimeError(f"migrate {st['status']}: {st.get('error-desc')}")
-            return colo.in_colo(qs)
-        wait_until("COLO", in_colo, args.timeout)
+        colo.wait_colo(qp, qs, args.timeout)
         print(f"   in COLO after {time.monotonic() - t0:.1f} s", flush=True)
 
         client = Client(net, os.path.join(work, f"{tag}client.log"), args.rate)
