@@ -38,7 +38,8 @@ import threading
 import time
 
 from .fabric import RXE_PAIR, Fabric, qemu_paths, rxe_pair
-from .guest import END, START, bootsector, count_b, oracle
+from .colo import memory_problems
+from .guest import bootsector, count_b
 from .qmp import Monitor, QemuGone, QmpError
 from .util import TOP, Hang, die, median, wait_until
 
@@ -437,16 +438,11 @@ class Run:
         q = self.c.qmp(n)
         if q is None:
             raise Failure(f"no QMP on {NAMES[n]}")
-        dump = os.path.join(self.c.shared, f"survivor-{n}.mem")
         try:
-            q.cmd("stop")
-            q.cmd("pmemsave", val=START, size=END - START,
-                  filename=f"/run/rdma-colo-cluster/survivor-{n}.mem")
-            q.cmd("cont")
+            bad = memory_problems(q, os.path.join(self.c.shared, f"survivor-{n}.mem"),
+                                  f"/run/rdma-colo-cluster/survivor-{n}.mem")
         finally:
             q.close()
-        bad = oracle(dump)
-        os.unlink(dump)
         if bad:
             raise Failure(f"the guest on {NAMES[n]} is not one consistent state: "
                           f"{len(bad)} pages, first {bad[:3]}")

@@ -8,6 +8,7 @@ harness's oracles want.
                                    migrate-incoming + migrate until COLO runs
     yank(q), fail_over(q, ...)     the cluster manager's takeover
     check_memory(q, dumpdir, ...)  the survivor's guest: one consistent state
+    memory_problems(q, dump)       the same for any monitor, no progress check
     session_stats(q)               query-migrate's rdma-colo member
 """
 import os
@@ -111,12 +112,22 @@ def check_memory(q, dumpdir, timeout):
     before = q.passes()
     wait_until(f"{q.name}'s guest making progress",
                lambda: q.passes() > before, timeout)
-    q.cmd("stop")
     dump = os.path.join(dumpdir, f"{q.name}-{os.getpid()}.mem")
-    q.cmd("pmemsave", val=START, size=END - START, filename=dump)
+    return memory_problems(q, dump)
+
+
+def memory_problems(q, dump, dump_seen_by_qemu=None):
+    """The guest of @q paused for a pmemsave of its range into @dump (which
+    QEMU writes as @dump_seen_by_qemu, if it sees the file system from
+    another mount namespace), then resumed: the oracle's problems."""
+    q.cmd("stop")
+    try:
+        q.cmd("pmemsave", val=START, size=END - START,
+              filename=dump_seen_by_qemu or dump)
+    finally:
+        q.cmd("cont")
     bad = oracle(dump)
     os.unlink(dump)
-    q.cmd("cont")
     return bad
 
 
